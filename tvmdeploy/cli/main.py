@@ -1,0 +1,231 @@
+"""`tvmdeploy` command line. Parsing and printing only: the work is in the Python API.
+
+Errors a user can act on print one line to stderr and exit 1; anything unexpected
+exits 2 and says how to get the traceback (--debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..errors import TvmDeployError, summarize_exception
+
+
+class UsageError(TvmDeployError):
+    """A command-line argument that cannot be parsed into the API's types."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command in ("run", "inspect"):
+        # The deployment path: load only TVM's runtime library, never the compiler.
+        if "tvm" not in sys.modules:
+            os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    try:
+        return args.handler(args) or 0
+    except TvmDeployError as e:
+        if args.debug:
+            raise
+        print(f"tvmdeploy: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tvmdeploy: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug or an unforeseen TVM failure
+        if args.debug:
+            raise
+        print(
+            f"tvmdeploy: unexpected error: {summarize_exception(e)} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tvmdeploy",
+        description="Compile trained models into fast, verified TVM artifacts, and run them.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compile", help="compile a model into an artifact folder")
+    p.add_argument("model", help="path to an .onnx model")
+    p.add_argument("--target", "-t", default="host", help="target preset name or .toml file (default: host)")
+    p.add_argument("-o", "--output", help="artifact folder (default: artifacts/<model>-<target>)")
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=D0,D1,...",
+        help="static shape for an input with symbolic dimensions (repeatable)",
+    )
+    p.set_defaults(handler=_cmd_compile)
+
+    p = sub.add_parser("run", help="run an artifact with the thin loader")
+    p.add_argument("artifact", help="artifact folder")
+    p.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="NAME=FILE.npy | FILE.npz",
+        help="input array from a .npy file, or all inputs by name from one .npz (repeatable)",
+    )
+    p.add_argument("--random-inputs", action="store_true", help="run on random inputs of the right shapes")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the artifact's)")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: the artifact's)")
+    p.add_argument("--repeat", type=int, default=10, help="timed runs for the latency figure (default 10)")
+    p.add_argument("--save-outputs", metavar="FILE.npz", help="write the outputs to an .npz file")
+    p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser("inspect", help="show an artifact's manifest and verify its files")
+    p.add_argument("artifact", help="artifact folder")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(handler=_cmd_inspect)
+
+    p = sub.add_parser("targets", help="list the target presets")
+    p.set_defaults(handler=_cmd_targets)
+    return parser
+
+
+def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape:
+            raise UsageError(f"--input-shape '{item}' must look like NAME=D0,D1,... (e.g. input=1,3,224,224)")
+        shapes[name] = shape
+    return shapes
+
+
+def _cmd_compile(args) -> int:
+    from ..compiler import compile_model
+
+    result = compile_model(
+        args.model,
+        target=args.target,
+        output_dir=args.output,
+        input_shapes=parse_input_shapes(args.input_shape),
+    )
+    m = result.manifest
+    print(f"compiled {m.model_name} for {m.preset} ({m.arch}, {m.device}) in {m.build_seconds:.1f} s")
+    print(f"  inputs:  {', '.join(s.describe() for s in m.inputs)}")
+    print(f"  outputs: {', '.join(s.describe() for s in m.outputs)}")
+    print(f"  artifact: {result.artifact_dir}")
+    print(f"run it with: tvmdeploy run {result.artifact_dir} --random-inputs")
+    return 0
+
+
+def _load_inputs(items: list[str], model) -> dict[str, "object"]:
+    import numpy as np
+
+    arrays = {}
+    for item in items:
+        name, sep, file = item.partition("=")
+        if not sep:
+            file, name = item, None
+        path = Path(file)
+        if not path.is_file():
+            raise UsageError(f"--input {item}: no such file {path}")
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise UsageError(f"--input {item}: {path} is not a .npy/.npz file ({summarize_exception(e)})") from None
+        if name is None:
+            if not hasattr(loaded, "files"):
+                raise UsageError(f"--input {item}: a .npy file needs a name: --input NAME={path}")
+            arrays.update({k: loaded[k] for k in loaded.files})
+        else:
+            arrays[name] = loaded
+    expected = {s.name for s in model.inputs}
+    unknown = sorted(set(arrays) - expected)
+    if unknown:
+        raise UsageError(
+            f"--input names {', '.join(unknown)}, which the artifact does not take "
+            f"(inputs: {', '.join(s.describe() for s in model.inputs)})"
+        )
+    return arrays
+
+
+def _cmd_run(args) -> int:
+    import numpy as np
+
+    from ..runtime import load, read_manifest
+
+    device = args.device or read_manifest(args.artifact).device
+    model = load(args.artifact, device=device, threads=args.threads)
+    if args.random_inputs:
+        if args.input:
+            raise UsageError("give either --input or --random-inputs, not both")
+        inputs = dict(zip((s.name for s in model.inputs), model.random_inputs()))
+    elif args.input:
+        inputs = _load_inputs(args.input, model)
+    else:
+        raise UsageError(
+            "no inputs: give --input NAME=FILE.npy for each of "
+            f"({', '.join(s.describe() for s in model.inputs)}), an .npz with all of them, or --random-inputs"
+        )
+    outputs = model(**inputs)
+    for spec, out in zip(model.outputs, outputs):
+        flat = out.reshape(-1)
+        summary = f"min {flat.min():.6g}  max {flat.max():.6g}  mean {flat.mean():.6g}" if flat.size else "empty"
+        top = f"  argmax {int(flat.argmax())}" if flat.size and out.dtype.kind == "f" else ""
+        print(f"output {spec.name}: {out.dtype}{list(out.shape)}  {summary}{top}")
+    if args.repeat > 0:
+        times = model.time([inputs[s.name] for s in model.inputs], repeat=args.repeat)
+        print(f"latency: median {np.median(times) * 1e3:.3f} ms over {len(times)} runs (after 3 warm-up runs)")
+    if args.save_outputs:
+        np.savez(args.save_outputs, **{s.name: o for s, o in zip(model.outputs, outputs)})
+        print(f"outputs written to {args.save_outputs}")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from ..runtime import read_manifest, verify_files
+
+    manifest = read_manifest(args.artifact)
+    if args.json:
+        print(manifest.to_json(), end="")
+    else:
+        m = manifest
+        print(f"{args.artifact}: {m.model_name} for preset {m.preset} ({m.arch}, {m.device})")
+        print(f"  source:  {m.source_file} (sha256 {m.source_sha256[:16]}...)")
+        print(f"  inputs:  {', '.join(s.describe() for s in m.inputs)}")
+        print(f"  outputs: {', '.join(s.describe() for s in m.outputs)}")
+        print(f"  target:  {_target_line(m.target)}")
+        print(f"  passes:  {', '.join(m.passes)}")
+        print(f"  weights: {m.weights}; built in {m.build_seconds:.1f} s with " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
+        for name in m.files:
+            size = (Path(args.artifact) / name).stat().st_size if (Path(args.artifact) / name).exists() else 0
+            print(f"  file:    {name} ({size / 1e6:.2f} MB)")
+    verify_files(Path(args.artifact), manifest)
+    if not args.json:
+        print("  files verified against the manifest's sha256")
+    return 0
+
+
+def _target_line(target: dict) -> str:
+    keys = ("kind", "mtriple", "mcpu", "mattr", "arch", "num-cores")
+    line = ", ".join(f"{k}={target[k]}" for k in keys if k in target)
+    if "host" in target:
+        line += f"; host: {_target_line(target['host'])}"
+    return line
+
+
+def _cmd_targets(args) -> int:
+    from ..presets import list_presets
+
+    presets = list_presets()
+    width = max(len(p.name) for p in presets)
+    for p in presets:
+        print(f"{p.name:<{width}}  {p.description}")
+    return 0

@@ -1,0 +1,73 @@
+"""The artifact manifest: what was built, from what, for where, and the hash of every file.
+
+Shared by the compiler and the thin loader, so it imports nothing but the standard
+library (and never TVM).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+LIBRARY_NAME = "model.so"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "TensorSpec":
+        return cls(name=d["name"], shape=tuple(int(x) for x in d["shape"]), dtype=d["dtype"])
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.dtype}[{', '.join(map(str, self.shape))}]"
+
+
+@dataclass
+class Manifest:
+    model_name: str
+    source_file: str
+    source_sha256: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    preset: str
+    target: dict[str, Any]  # the resolved TVM target, as TVM exports it
+    device: str  # "cpu" or "cuda"
+    arch: str  # CPU architecture of the library ("x86_64", "aarch64")
+    cpu_flags: list[str]  # /proc/cpuinfo flags the code may use
+    threads: int  # default runtime thread count (0: one per core)
+    library: str  # file name of the shared library inside the artifact
+    weights: str  # where the weights travel: "embedded" in the library
+    passes: list[str]  # graph passes applied, in order
+    versions: dict[str, str]  # tvm, tvm-ffi, tvmdeploy, onnx
+    build_seconds: float
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # later stages' provenance
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        d = json.loads(text)
+        d["inputs"] = [TensorSpec.from_json(x) for x in d["inputs"]]
+        d["outputs"] = [TensorSpec.from_json(x) for x in d["outputs"]]
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,53 @@
+"""Graph-level optimization of the imported Relax module, before any kernel is built.
+
+Weights are constants here (the importer binds them), so BatchNorm folds into the
+preceding convolution's weights at compile time and costs nothing at run time.
+Operator fusion (conv/matmul + bias + activation) happens when `tvm.compile` legalizes
+the module (LegalizeOps -> FuseOps -> FuseTIR in TVM's per-target default pipeline),
+so it is listed among the passes but not repeated here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import relax
+
+from .errors import BuildError, summarize_exception
+
+
+@dataclass(frozen=True)
+class GraphPass:
+    name: str
+    make: callable  # () -> tvm.transform.Pass
+
+
+# Order matters: BatchNorm can only fold into a conv whose weight and BN statistics are
+# constants, so fold constants first; BatchNorms that follow no conv are then decomposed
+# into a per-channel scale and shift, which FoldConstant precomputes.
+GRAPH_PASSES: tuple[GraphPass, ...] = (
+    GraphPass("FoldConstant", relax.transform.FoldConstant),
+    GraphPass("FoldBatchnormToConv2D", relax.transform.FoldBatchnormToConv2D),
+    GraphPass("DecomposeOpsForInference", relax.transform.DecomposeOpsForInference),
+    GraphPass("FoldConstant", relax.transform.FoldConstant),
+    GraphPass("CanonicalizeBindings", relax.transform.CanonicalizeBindings),
+    GraphPass("EliminateCommonSubexpr", relax.transform.EliminateCommonSubexpr),
+    GraphPass("DeadCodeElimination", relax.transform.DeadCodeElimination),
+)
+
+# Done by tvm.compile's default pipeline for the target; recorded for provenance.
+BUILD_PASSES: tuple[str, ...] = ("LegalizeOps", "FoldConstant", "FuseOps", "FuseTIR")
+
+
+def optimize_graph(mod: tvm.ir.IRModule) -> tuple[tvm.ir.IRModule, list[str]]:
+    """Run the graph passes; return the module and the names of the passes applied."""
+    applied = []
+    for graph_pass in GRAPH_PASSES:
+        try:
+            mod = graph_pass.make()(mod)
+        except Exception as e:
+            raise BuildError(f"graph pass {graph_pass.name} failed: {summarize_exception(e)}") from e
+        applied.append(graph_pass.name)
+    return mod, applied
+
