@@ -146,7 +146,7 @@ class LoadedModel:
             missing = [n for n in names if n not in kwargs]
             if unknown or missing:
                 raise InputMismatchError(
-                    f"inputs by name: "
+                    "inputs by name: "
                     + (f"unknown {', '.join(map(repr, unknown))}; " if unknown else "")
                     + (f"missing {', '.join(map(repr, missing))}; " if missing else "")
                     + f"expected {', '.join(s.describe() for s in self.inputs)}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,9 +22,14 @@ from onnx import helper
 from ..errors import ModelImportError, summarize_exception
 from ..manifest import TensorSpec
 from .model import ImportedModel
-
-# Ops whose presence means the graph computes shapes (or weights) at run time.
-_SHAPE_COMPUTING_OPS = {"Shape", "Size", "ConstantOfShape", "Expand", "Range", "Where", "Gather"}
+from .onnx_rewrite import (
+    computes_shapes,
+    fold_with_onnxruntime,
+    graph_inputs,
+    normalize_constants,
+    walk_nodes,
+    with_static_inputs,
+)
 
 
 def import_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None) -> ImportedModel:
@@ -33,10 +37,12 @@ def import_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]
     model, sha = _read_model(path)
     _check_supported_ops(model, path)
     inputs = _static_inputs(model, path, input_shapes or {})
-    model = _with_static_inputs(model, inputs)
+    model = with_static_inputs(model, inputs)
     import_passes = []
-    if _computes_shapes(model):
-        folded = _fold_with_onnxruntime(model)
+    if normalize_constants(model):
+        import_passes.append("onnx-normalize-constants")
+    if computes_shapes(model):
+        folded = fold_with_onnxruntime(model)
         if folded is not None:
             model = folded
             import_passes.append("onnxruntime-basic-fold")
@@ -83,22 +89,11 @@ def _read_model(path: Path) -> tuple[onnx.ModelProto, str]:
     return model, hashlib.sha256(data).hexdigest()
 
 
-def _walk_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _walk_nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _walk_nodes(g)
-
-
 def _check_supported_ops(model: onnx.ModelProto, path: Path) -> None:
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
     supported = _get_convert_map()
-    missing = [n for n in _walk_nodes(model.graph) if n.op_type not in supported]
+    missing = [n for n in walk_nodes(model.graph) if n.op_type not in supported]
     if missing:
         listed = ", ".join(
             f"{n.op_type} (node '{n.name or '<unnamed>'}'" + (f", domain {n.domain}" if n.domain else "") + ")"
@@ -112,15 +107,9 @@ def _check_supported_ops(model: onnx.ModelProto, path: Path) -> None:
         )
 
 
-def _graph_inputs(model: onnx.ModelProto):
-    # Before ONNX IR v4, initializers were also listed as graph inputs: they are weights.
-    initializers = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in initializers]
-
-
 def _static_inputs(model: onnx.ModelProto, path: Path, overrides: dict[str, tuple[int, ...]]) -> list[TensorSpec]:
-    graph_inputs = _graph_inputs(model)
-    names = [i.name for i in graph_inputs]
+    declared_inputs = graph_inputs(model)
+    names = [i.name for i in declared_inputs]
     for name in overrides:
         if name not in names:
             raise ModelImportError(
@@ -128,7 +117,7 @@ def _static_inputs(model: onnx.ModelProto, path: Path, overrides: dict[str, tupl
                 f"(inputs: {', '.join(names)})"
             )
     specs, problems = [], []
-    for inp in graph_inputs:
+    for inp in declared_inputs:
         tensor_type = inp.type.tensor_type
         if not inp.type.HasField("tensor_type"):
             raise ModelImportError(f"{path}: input '{inp.name}' is not a tensor (sequence/map inputs are unsupported)")
@@ -170,55 +159,6 @@ def _static_inputs(model: onnx.ModelProto, path: Path, overrides: dict[str, tupl
     if problems:
         raise ModelImportError(f"{path}: input shapes must be static: " + "; ".join(problems))
     return specs
-
-
-def _with_static_inputs(model: onnx.ModelProto, inputs: list[TensorSpec]) -> onnx.ModelProto:
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    by_name = {s.name: s for s in inputs}
-    for inp in model.graph.input:
-        spec = by_name.get(inp.name)
-        if spec is None:
-            continue
-        shape = inp.type.tensor_type.shape
-        del shape.dim[:]
-        for size in spec.shape:
-            shape.dim.add().dim_value = size
-    return model
-
-
-def _computes_shapes(model: onnx.ModelProto) -> bool:
-    return any(n.op_type in _SHAPE_COMPUTING_OPS for n in model.graph.node)
-
-
-def _fold_with_onnxruntime(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """Constant-fold shape subgraphs with ONNX Runtime's basic (ONNX-domain) optimizer.
-
-    Returns None where ONNX Runtime cannot load the model; TVM's importer then gets the
-    graph as it is.
-    """
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    with tempfile.TemporaryDirectory(prefix="tvmdeploy-fold-") as tmp:
-        out = os.path.join(tmp, "folded.onnx")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = out
-        options.log_severity_level = 3
-        try:
-            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-            folded = onnx.load(out)
-        except Exception:
-            return None
-    # In IR v3 models weights are also graph inputs; ONNX Runtime drops the initializers
-    # it folded but leaves their input entries behind, which would read as model inputs.
-    real_inputs = {i.name for i in _graph_inputs(model)}
-    initializers = {t.name for t in folded.graph.initializer}
-    kept = [i for i in folded.graph.input if i.name in real_inputs or i.name in initializers]
-    del folded.graph.input[:]
-    folded.graph.input.extend(kept)
-    return folded
 
 
 def _to_relax(model: onnx.ModelProto, path: Path, inputs: list[TensorSpec]):
