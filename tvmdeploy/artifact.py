@@ -23,7 +23,10 @@ from .manifest import MANIFEST_NAME, Manifest, sha256_file
 def staging_folder(destination: Path) -> Iterator[Path]:
     """A fresh folder on the destination's file system (so the final rename is atomic)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+    _remove_stale_staging(destination)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{destination.name}.partial-{os.getpid()}-", dir=destination.parent)
+    )
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; an artifact is not
@@ -31,6 +34,24 @@ def staging_folder(destination: Path) -> Iterator[Path]:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_stale_staging(destination: Path) -> None:
+    """Staging folders of compiles that were killed (SIGKILL skips every cleanup)."""
+    for folder in destination.parent.glob(f".{destination.name}.partial-*"):
+        pid = folder.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def finalize(staging: Path, destination: Path, manifest: Manifest) -> Manifest:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -21,28 +22,40 @@ class UsageError(TvmDeployError):
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so staging folders are removed.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     if args.command in ("run", "inspect"):
         # The deployment path: load only TVM's runtime library, never the compiler.
         if "tvm" not in sys.modules:
             os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     try:
         return args.handler(args) or 0
-    except TvmDeployError as e:
-        if args.debug:
+    except BaseException as e:
+        if _interrupted or isinstance(e, KeyboardInterrupt):
+            print("tvmdeploy: interrupted", file=sys.stderr)
+            return 130
+        if args.debug or not isinstance(e, Exception):
             raise
-        print(f"tvmdeploy: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("tvmdeploy: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # a bug or an unforeseen TVM failure
-        if args.debug:
-            raise
+        if isinstance(e, TvmDeployError):
+            print(f"tvmdeploy: error: {e}", file=sys.stderr)
+            return 1
+        # A bug, or a TVM failure nobody anticipated.
         print(
             f"tvmdeploy: unexpected error: {summarize_exception(e)} (rerun with --debug for the traceback)",
             file=sys.stderr,
         )
         return 2
+
+
+_interrupted = False
+
+
+def _raise_interrupt(signum, frame):
+    # Raised inside a TVM callback, the KeyboardInterrupt comes back out of the FFI as
+    # some other error; the flag lets main() still report it as an interruption.
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
 
 
 def _parser() -> argparse.ArgumentParser:
