@@ -101,6 +101,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(handler=_cmd_inspect)
 
+    p = sub.add_parser("bench", help="time an artifact against ONNX Runtime, interleaved in one process")
+    p.add_argument("artifact", help="artifact folder")
+    p.add_argument("--compare", action="append", default=[], metavar="PEER", help="peer runtime: onnxruntime (default)")
+    p.add_argument("--model", help="the source .onnx for the peer (default: the path in the manifest)")
+    p.add_argument("--threads", type=int, default=None, help="threads for both runtimes (default: all cores)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs of each first (default 5)")
+    p.add_argument("--repeat", type=int, default=30, help="timed runs of each (default 30)")
+    p.add_argument("--chart", help="PNG chart path (default: <artifact>-bench.png beside the folder)")
+    p.set_defaults(handler=_cmd_bench)
+
     p = sub.add_parser("targets", help="list the target presets")
     p.set_defaults(handler=_cmd_targets)
     return parser
@@ -232,6 +242,25 @@ def _target_line(target: dict) -> str:
     if "host" in target:
         line += f"; host: {_target_line(target['host'])}"
     return line
+
+
+def _cmd_bench(args) -> int:
+    from ..bench import bench_artifact, write_chart
+
+    if args.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    report = bench_artifact(
+        args.artifact,
+        compare=tuple(args.compare or ["onnxruntime"]),
+        model_path=args.model,
+        threads=args.threads,
+        warmup=args.warmup,
+        repeat=args.repeat,
+    )
+    print(report.table())
+    chart = Path(args.chart) if args.chart else Path(str(Path(args.artifact)).rstrip("/") + "-bench.png")
+    print(f"chart: {write_chart(report, chart)}")
+    return 0
 
 
 def _cmd_targets(args) -> int:
