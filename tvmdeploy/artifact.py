@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import ArtifactError
+from .fsutil import process_alive
 from .manifest import MANIFEST_NAME, Manifest, sha256_file
 
 
@@ -40,18 +41,9 @@ def _remove_stale_staging(destination: Path) -> None:
     """Staging folders of compiles that were killed (SIGKILL skips every cleanup)."""
     for folder in destination.parent.glob(f".{destination.name}.partial-*"):
         pid = folder.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def finalize(staging: Path, destination: Path, manifest: Manifest) -> Manifest:

@@ -15,6 +15,7 @@ import tvm
 from tvm import relax
 
 from .errors import BuildError, summarize_exception
+from .passes import FoldConvChannelAffine
 
 
 @dataclass(frozen=True)
@@ -24,14 +25,18 @@ class GraphPass:
 
 
 # Order matters: BatchNorm can only fold into a conv whose weight and BN statistics are
-# constants, so fold constants first; BatchNorms that follow no conv are then decomposed
-# into a per-channel scale and shift, which FoldConstant precomputes.
+# constants, so fold constants first. TVM's FoldBatchnormToConv2D takes conv -> BN; the
+# remaining BatchNorms (after a biased conv, or after no conv) are decomposed into
+# per-channel arithmetic, which FoldConvChannelAffine folds into the conv weights and one
+# bias (CanonicalizeBindings first drops the BN's leftover tuple, which blocks fusion).
 GRAPH_PASSES: tuple[GraphPass, ...] = (
     GraphPass("FoldConstant", relax.transform.FoldConstant),
     GraphPass("FoldBatchnormToConv2D", relax.transform.FoldBatchnormToConv2D),
     GraphPass("DecomposeOpsForInference", relax.transform.DecomposeOpsForInference),
-    GraphPass("FoldConstant", relax.transform.FoldConstant),
     GraphPass("CanonicalizeBindings", relax.transform.CanonicalizeBindings),
+    GraphPass("FoldConstant", relax.transform.FoldConstant),
+    GraphPass("FoldConvChannelAffine", FoldConvChannelAffine),
+    GraphPass("FoldConstant", relax.transform.FoldConstant),
     GraphPass("EliminateCommonSubexpr", relax.transform.EliminateCommonSubexpr),
     GraphPass("DeadCodeElimination", relax.transform.DeadCodeElimination),
 )
