@@ -8,12 +8,16 @@ Never import this module from `tvmdeploy.runtime`: it loads libtvm_compiler.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
+import sys
+import types
 from typing import Any, Callable
 
 import tvm
 from tvm import relax
+from tvm.s_tir import meta_schedule as ms
 from tvm.target import codegen as _llvm_codegen
 
 # Pinned in pyproject.toml; the manifest records the versions actually used.
@@ -110,8 +114,48 @@ def cross_compiler(compiler: str, options: list[str]) -> Callable:
     return cc.cross_compiler(compiler, options=list(options))
 
 
-def runtime_tensor(array, device=None):
-    return tvm.runtime.tensor(array, device) if device is not None else tvm.runtime.tensor(array)
+def estimate_flops(prim_func) -> float:
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    return float(estimate_tir_flops(prim_func))
+
+
+def register_tensor_intrinsics(target_kind: str = "llvm") -> None:
+    """Register the tensor intrinsics (x86 VNNI/AVX-512, ARM NEON/sdot) schedules may use.
+
+    `import tvm.s_tir.tensor_intrin` registers every platform's, and the CUDA ones take
+    ~22 s on this machine; the CPU ones ~1 s. MetaSchedule imports the package (in
+    TuneContext and in its default builder), so for CPU targets the package is made
+    present without running its __init__, and only the CPU submodules are imported.
+    Idempotent; used in-process and as the builder workers' initializer.
+    """
+    name = "tvm.s_tir.tensor_intrin"
+    if target_kind != "llvm":
+        importlib.import_module(name)
+        return
+    if name not in sys.modules:
+        spec = importlib.util.find_spec(name)
+        package = types.ModuleType(name)
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        package.__package__ = name
+        sys.modules[name] = package
+    importlib.import_module(f"{name}.x86")
+    importlib.import_module(f"{name}.arm_cpu")
+
+
+def metaschedule_build(mod, target, _params):
+    """The MetaSchedule builder's build function, minus the tensor-intrinsic import.
+
+    MetaSchedule's default imports tvm.s_tir.tensor_intrin in every fresh builder worker
+    (18-35 s here), so every candidate hits the builder timeout and a tuning run records
+    nothing. Module-level, so the popen worker unpickles it by reference.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
 
 
 __all__ = [
@@ -119,10 +163,13 @@ __all__ = [
     "cross_compiler",
     "detect_host",
     "is_valid_llvm_cpu",
+    "estimate_flops",
     "make_target",
+    "metaschedule_build",
+    "ms",
+    "register_tensor_intrinsics",
     "relax",
     "required_cpu_flags",
-    "runtime_tensor",
     "target_to_dict",
     "tvm",
 ]

@@ -1,8 +1,7 @@
-"""The pipeline, top to bottom: import -> optimize -> build -> package.
+"""The pipeline, top to bottom: import -> optimize -> lower -> tune -> build -> package.
 
-`compile_model` is the typed Python API behind `tvmdeploy compile`; the CLI only parses
-arguments into it. Later stages (pruning, quantization, tuning) slot in as numbered
-steps here.
+`compile_model` and `tune_model` are the typed Python API behind `tvmdeploy compile` and
+`tvmdeploy tune`; the CLI only parses arguments into them.
 """
 
 from __future__ import annotations
@@ -11,14 +10,19 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .artifact import finalize, staging_folder
 from .build import build_library, library_file_name
 from .frontend import import_model
 from .manifest import Manifest
-from .optimize import BUILD_PASSES, optimize_graph
+from .optimize import optimize_graph
 from .presets import load_preset, resolve_preset
+from .tuning.progress import Progress
+
+if TYPE_CHECKING:
+    from .tuning.tuner import TuningBudget
 
 DEFAULT_ARTIFACTS_DIR = Path("artifacts")
 
@@ -34,19 +38,28 @@ def compile_model(
     target: str = "host",
     output_dir: str | os.PathLike | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    tune: "TuningBudget | None" = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
 ) -> CompileResult:
     """Compile an ONNX model for a target preset into an artifact folder.
 
     model: path to an .onnx file. target: a preset name (`tvmdeploy targets`) or a path
     to a preset .toml. output_dir: the artifact folder (default
     artifacts/<model>-<preset>). input_shapes: {input name: shape} for inputs whose
-    shape the model leaves symbolic.
+    shape the model leaves symbolic. tune: a TuningBudget to tune the kernels the
+    tuning cache does not cover yet (None: only reuse what the cache has). cache_dir:
+    the tuning cache root (default: $TVMDEPLOY_CACHE_DIR or ~/.cache/tvmdeploy).
     """
     started = time.perf_counter()
     from . import _tvm
+    from .tuning.cache import TargetCache
+    from .tuning.tuner import LOWERING_PASSES, apply_cached, lower_for_tuning
+    from .tuning.tuner import tune as tune_kernels
 
     # 1. Resolve and validate the target preset (cheap failures first).
     preset, tvm_target = resolve_preset(load_preset(target))
+    target_dict = _tvm.target_to_dict(tvm_target)
 
     # 2. Import: ONNX -> Relax with static input shapes, weights bound as constants.
     imported = import_model(model, input_shapes=input_shapes)
@@ -54,13 +67,27 @@ def compile_model(
     # 3. Optimize the graph: fold constants and BatchNorm, simplify.
     mod, graph_passes = optimize_graph(imported.mod)
 
+    # 4. Lower to fused kernels: the units that are tuned, cached and built.
+    fused = lower_for_tuning(mod)
+
+    # 5. Tune what the cache does not cover (if asked), then schedule every kernel the
+    #    cache has a record for.
+    cache = TargetCache.open(target_dict, _tvm.TVM_VERSION, cache_dir)
+    report = tune_kernels(fused, tvm_target, cache, tune, progress) if tune is not None else None
+    scheduled, kernels_from_cache = apply_cached(fused, tvm_target, cache)
+
     destination = Path(output_dir) if output_dir else DEFAULT_ARTIFACTS_DIR / f"{imported.name}-{preset.name}"
     with staging_folder(destination) as staging:
-        # 4. Build: tvm.compile (legalize, fuse, codegen) and export the shared library.
+        # 6. Build: tvm.compile (codegen; default GPU schedules for unscheduled kernels)
+        #    and export the shared library.
         library = library_file_name(preset)
-        build_library(mod, tvm_target, preset, staging / library)
+        build_library(scheduled, tvm_target, preset, staging / library)
 
-        # 5. Package: manifest with provenance and file hashes, then rename into place.
+        # 7. Package: manifest with provenance and file hashes, then rename into place.
+        tuning = report.to_json() if report is not None else {"cache_folder": str(cache.folder)}
+        tuning["kernels_scheduled_from_cache"] = kernels_from_cache
+        if report is not None:
+            tuning["measured_ms"] = _measured_ms(staging / library, preset, imported.inputs)
         manifest = Manifest(
             model_name=imported.name,
             source_file=str(imported.source),
@@ -68,19 +95,59 @@ def compile_model(
             inputs=imported.inputs,
             outputs=imported.outputs,
             preset=preset.name,
-            target=_tvm.target_to_dict(tvm_target),
+            target=target_dict,
             device=preset.device,
             arch=preset.arch,
             cpu_flags=_tvm.required_cpu_flags(tvm_target),
             threads=preset.build.threads,
             library=library,
             weights="embedded",
-            passes=[*imported.import_passes, *graph_passes, *BUILD_PASSES],
+            passes=[*imported.import_passes, *graph_passes, *LOWERING_PASSES]
+            + (["MetaScheduleApplyDatabase"] if kernels_from_cache else []),
             versions=_versions(),
             build_seconds=round(time.perf_counter() - started, 3),
+            extra={"tuning": tuning},
         )
         manifest = finalize(staging, destination, manifest)
     return CompileResult(artifact_dir=destination, manifest=manifest)
+
+
+def tune_model(
+    model: str | os.PathLike,
+    target: str = "host",
+    budget: "TuningBudget | None" = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+):
+    """Tune a model's kernels for a target into the tuning cache (no artifact); returns a TuningReport."""
+    from . import _tvm
+    from .tuning.cache import TargetCache
+    from .tuning.tuner import TuningBudget, lower_for_tuning, tune
+
+    preset, tvm_target = resolve_preset(load_preset(target))
+    imported = import_model(model, input_shapes=input_shapes)
+    mod, _ = optimize_graph(imported.mod)
+    cache = TargetCache.open(_tvm.target_to_dict(tvm_target), _tvm.TVM_VERSION, cache_dir)
+    return tune(lower_for_tuning(mod), tvm_target, cache, budget or TuningBudget(), progress)
+
+
+def _measured_ms(library: Path, preset, inputs) -> float | None:
+    """Median latency of the freshly built library on this machine (when it can run here)."""
+    import numpy as np
+
+    from . import _tvm
+    from .runtime import machine_arch
+
+    if preset.device != "cpu" or preset.arch != machine_arch() or library.suffix != ".so":
+        return None
+    tvm = _tvm.tvm
+    device = tvm.cpu()
+    vm = _tvm.relax.VirtualMachine(tvm.runtime.load_module(str(library)), device)
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.standard_normal(s.shape).astype(s.dtype), device) for s in inputs]
+    timer = vm.time_evaluator("main", device, number=3, repeat=5)
+    return round(float(np.median(timer(*args).results)) * 1e3, 6)
 
 
 def _versions() -> dict[str, str]:

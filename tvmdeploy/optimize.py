@@ -2,9 +2,9 @@
 
 Weights are constants here (the importer binds them), so BatchNorm folds into the
 preceding convolution's weights at compile time and costs nothing at run time.
-Operator fusion (conv/matmul + bias + activation) happens when `tvm.compile` legalizes
-the module (LegalizeOps -> FuseOps -> FuseTIR in TVM's per-target default pipeline),
-so it is listed among the passes but not repeated here.
+Operator fusion (conv/matmul + bias + activation) happens next, when the graph is
+lowered to kernels (`tuning.tuner.lower_for_tuning`: LegalizeOps -> FuseOps -> FuseTIR),
+because tuning and building must see the same kernels.
 """
 
 from __future__ import annotations
@@ -40,9 +40,6 @@ GRAPH_PASSES: tuple[GraphPass, ...] = (
     GraphPass("EliminateCommonSubexpr", relax.transform.EliminateCommonSubexpr),
     GraphPass("DeadCodeElimination", relax.transform.DeadCodeElimination),
 )
-
-# Done by tvm.compile's default pipeline for the target; recorded for provenance.
-BUILD_PASSES: tuple[str, ...] = ("LegalizeOps", "FoldConstant", "FuseOps", "FuseTIR")
 
 
 def optimize_graph(mod: tvm.ir.IRModule) -> tuple[tvm.ir.IRModule, list[str]]:

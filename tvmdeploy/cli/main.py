@@ -70,14 +70,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="path to an .onnx model")
     p.add_argument("--target", "-t", default="host", help="target preset name or .toml file (default: host)")
     p.add_argument("-o", "--output", help="artifact folder (default: artifacts/<model>-<target>)")
-    p.add_argument(
-        "--input-shape",
-        action="append",
-        default=[],
-        metavar="NAME=D0,D1,...",
-        help="static shape for an input with symbolic dimensions (repeatable)",
-    )
+    _add_input_shape(p)
+    p.add_argument("--tune", action="store_true", help="tune the kernels the tuning cache does not cover yet")
+    p.add_argument("--tune-trials", type=int, default=None, metavar="N", help="tuning trials (implies --tune; default 1000)")
+    _add_tuning_options(p)
     p.set_defaults(handler=_cmd_compile)
+
+    p = sub.add_parser("tune", help="tune a model's kernels for a target into the tuning cache")
+    p.add_argument("model", help="path to an .onnx model")
+    p.add_argument("--target", "-t", default="host", help="target preset name or .toml file (default: host)")
+    p.add_argument("--trials", type=int, default=1000, help="trials across all kernels (default 1000)")
+    _add_input_shape(p)
+    _add_tuning_options(p)
+    p.set_defaults(handler=_cmd_tune)
+
+    p = sub.add_parser("tuning", help="move tuning records: export a target's records, import them elsewhere")
+    tuning = p.add_subparsers(dest="tuning_command", required=True, metavar="ACTION")
+    q = tuning.add_parser("export", help="write a target's tuning records to one file")
+    q.add_argument("--target", "-t", default="host", help="target preset name or .toml file (default: host)")
+    q.add_argument("-o", "--output", required=True, help="file to write (.json)")
+    q.add_argument("--cache-dir", help="tuning cache root (default: $TVMDEPLOY_CACHE_DIR or ~/.cache/tvmdeploy)")
+    q.set_defaults(handler=_cmd_tuning_export)
+    q = tuning.add_parser("import", help="merge an exported records file into the cache")
+    q.add_argument("file", help="a file written by `tvmdeploy tuning export`")
+    q.add_argument("--cache-dir", help="tuning cache root (default: $TVMDEPLOY_CACHE_DIR or ~/.cache/tvmdeploy)")
+    q.set_defaults(handler=_cmd_tuning_import)
 
     p = sub.add_parser("run", help="run an artifact with the thin loader")
     p.add_argument("artifact", help="artifact folder")
@@ -116,6 +133,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_input_shape(p) -> None:
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=D0,D1,...",
+        help="static shape for an input with symbolic dimensions (repeatable)",
+    )
+
+
+def _add_tuning_options(p) -> None:
+    p.add_argument("--trials-per-task", type=int, default=None, metavar="N", help="cap on trials per kernel")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES", help="wall-clock cap on tuning")
+    p.add_argument("--cache-dir", help="tuning cache root (default: $TVMDEPLOY_CACHE_DIR or ~/.cache/tvmdeploy)")
+
+
+def _budget(trials: int, args):
+    from ..tuning.tuner import TuningBudget
+
+    return TuningBudget(trials=trials, trials_per_task=args.trials_per_task, minutes=args.time_budget)
+
+
 def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for item in items:
@@ -133,18 +172,75 @@ def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 def _cmd_compile(args) -> int:
     from ..compiler import compile_model
 
+    tune = args.tune or args.tune_trials is not None
     result = compile_model(
         args.model,
         target=args.target,
         output_dir=args.output,
         input_shapes=parse_input_shapes(args.input_shape),
+        tune=_budget(args.tune_trials if args.tune_trials is not None else 1000, args) if tune else None,
+        cache_dir=args.cache_dir,
     )
     m = result.manifest
     print(f"compiled {m.model_name} for {m.preset} ({m.arch}, {m.device}) in {m.build_seconds:.1f} s")
+    tuning = m.extra.get("tuning", {})
+    if "trials" in tuning:
+        print(
+            f"  tuning: {tuning['trials']} new trials, {tuning['tasks_from_cache']} of {len(tuning['tasks'])} "
+            f"kernels from the cache; estimated {_ms(tuning.get('estimated_ms'))}, measured {_ms(tuning.get('measured_ms'))}"
+        )
+    print(f"  kernels with tuned schedules: {tuning.get('kernels_scheduled_from_cache', 0)}")
     print(f"  inputs:  {', '.join(s.describe() for s in m.inputs)}")
     print(f"  outputs: {', '.join(s.describe() for s in m.outputs)}")
     print(f"  artifact: {result.artifact_dir}")
     print(f"run it with: tvmdeploy run {result.artifact_dir} --random-inputs")
+    return 0
+
+
+def _ms(value) -> str:
+    return f"{value:.3f} ms" if value is not None else "n/a"
+
+
+def _cmd_tune(args) -> int:
+    from ..compiler import tune_model
+
+    report = tune_model(
+        args.model,
+        target=args.target,
+        budget=_budget(args.trials, args),
+        input_shapes=parse_input_shapes(args.input_shape),
+        cache_dir=args.cache_dir,
+    )
+    print(
+        f"{report.trials} new trials in {report.seconds:.0f} s ({report.stopped_by}); "
+        f"{report.tasks_from_cache} of {len(report.tasks)} kernels from the cache; "
+        f"estimated latency {_ms(report.estimated_ms)}"
+    )
+    print(report.table())
+    print(f"records: {report.cache_folder}")
+    return 0
+
+
+def _cmd_tuning_export(args) -> int:
+    from .. import _tvm
+    from ..presets import load_preset, resolve_preset
+    from ..tuning.cache import TargetCache
+
+    _, tvm_target = resolve_preset(load_preset(args.target))
+    cache = TargetCache.open(_tvm.target_to_dict(tvm_target), _tvm.TVM_VERSION, args.cache_dir)
+    count = cache.export(args.output)
+    if count == 0:
+        print(f"warning: no tuning records for {args.target} in {cache.folder}", file=sys.stderr)
+    print(f"exported {count} records for {args.target} to {args.output}")
+    return 0
+
+
+def _cmd_tuning_import(args) -> int:
+    from .. import _tvm
+    from ..tuning.cache import import_records
+
+    cache, total, added = import_records(args.file, _tvm.TVM_VERSION, args.cache_dir)
+    print(f"imported {added} new of {total} records into {cache.folder}")
     return 0
 
 

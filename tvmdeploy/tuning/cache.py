@@ -8,12 +8,17 @@ names everything a record depends on:
         target.json                   the resolved target, for humans and `tuning export`
         database_workload.json        \\ the shared database: only replaced whole,
         database_tuning_record.json   / under the lock
+        ledger.json                   per kernel: tuning "started" or "done", and its budget
         lock                          fcntl lock file
         sessions/<pid>-<rand>/        one private database per running tuning process
 
 A tuning process tunes into its own session database (seeded with the shared
 records) and merges new records into the shared files under the lock after every
 measured batch. A killed process leaves its session behind; the next one merges it.
+
+The ledger tells a kernel whose tuning finished (skip it: zero new trials) from one
+whose run was killed (continue it). Kernels with records but no ledger entry came from
+`tuning import` and count as done.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..errors import TvmDeployError
 from ..fsutil import atomic_write_text, process_alive
 from .records import RecordSet, read_database, write_database
 
@@ -104,9 +110,25 @@ class TargetCache:
         write_database(folder, self.read())
         try:
             yield folder
-            self.merge(read_database(folder))
         finally:
+            # Also after an error or Ctrl-C: every finished trial is a valid record.
+            self.merge(read_database(folder))
             shutil.rmtree(folder, ignore_errors=True)
+
+    def read_ledger(self) -> dict[str, dict[str, Any]]:
+        path = self.folder / "ledger.json"
+        try:
+            ledger = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return ledger if isinstance(ledger, dict) else {}
+
+    def update_ledger(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Record kernels' tuning state ({workload hash: {"state", "per_task"}})."""
+        with self.locked():
+            ledger = self.read_ledger()
+            ledger.update(entries)
+            atomic_write_text(self.folder / "ledger.json", json.dumps(ledger, indent=1, sort_keys=True) + "\n")
 
     def _recover_dead_sessions(self) -> None:
         sessions = self.folder / "sessions"
@@ -133,3 +155,36 @@ class TargetCache:
         }
         atomic_write_text(path, json.dumps(payload) + "\n")
         return len(records.records)
+
+
+def import_records(path: str | os.PathLike, tvm_version: str, root: str | os.PathLike | None = None) -> tuple[TargetCache, int, int]:
+    """Merge a file written by `TargetCache.export` into the cache of the target it names.
+
+    Returns (target cache, records in the file, records that were new).
+    """
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TvmDeployError(f"{path}: no such file") from None
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    if not isinstance(payload, dict) or payload.get("format") != "tvmdeploy-tuning-records":
+        raise TvmDeployError(f"{path}: not a tuning-records file (write one with `tvmdeploy tuning export`)")
+    if payload.get("version") != 1:
+        raise TvmDeployError(f"{path}: tuning-records format version {payload.get('version')} is not supported (1 is)")
+    if payload.get("tvm") != tvm_version:
+        raise TvmDeployError(
+            f"{path}: records were made with TVM {payload.get('tvm')}, this is TVM {tvm_version}; "
+            f"schedules do not carry across TVM versions, tune again"
+        )
+    incoming = RecordSet()
+    try:
+        workloads = [str(w) for w in payload["workloads"]]
+        for index, record in payload["records"]:
+            incoming.add_record(workloads[index], json.dumps(record, separators=(",", ":")))
+        target = dict(payload["target"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise TvmDeployError(f"{path}: damaged tuning-records file (bad workload/record entries)") from None
+    cache = TargetCache.open(target, tvm_version, root)
+    return cache, len(incoming.records), cache.merge(incoming)

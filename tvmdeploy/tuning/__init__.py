@@ -1,0 +1,1 @@
+"""Auto-scheduling with MetaSchedule and the per-target tuning cache."""
