@@ -8,6 +8,7 @@ Never import this module from `tvmdeploy.runtime`: it loads libtvm_compiler.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import platform
@@ -144,6 +145,24 @@ def register_tensor_intrinsics(target_kind: str = "llvm") -> None:
     importlib.import_module(f"{name}.arm_cpu")
 
 
+@contextlib.contextmanager
+def native_stderr_to(path: str | os.PathLike | None):
+    """Send what TVM's C++ code writes to stderr (LOG(WARNING)) to a file, or discard it.
+
+    Python's sys.stderr is unaffected; only file descriptor 2 is redirected.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    target = os.open(os.fspath(path) if path else os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(target, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(target)
+
+
 def metaschedule_build(mod, target, _params):
     """The MetaSchedule builder's build function, minus the tensor-intrinsic import.
 
@@ -166,6 +185,7 @@ __all__ = [
     "estimate_flops",
     "make_target",
     "metaschedule_build",
+    "native_stderr_to",
     "ms",
     "register_tensor_intrinsics",
     "relax",

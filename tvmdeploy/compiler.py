@@ -54,6 +54,7 @@ def compile_model(
     started = time.perf_counter()
     from . import _tvm
     from .tuning.cache import TargetCache
+    from .tuning.default_schedule import apply_default_schedules
     from .tuning.tuner import LOWERING_PASSES, apply_cached, lower_for_tuning
     from .tuning.tuner import tune as tune_kernels
 
@@ -76,16 +77,21 @@ def compile_model(
     report = tune_kernels(fused, tvm_target, cache, tune, progress) if tune is not None else None
     scheduled, kernels_from_cache = apply_cached(fused, tvm_target, cache)
 
+    # 6. Every CPU kernel still without a schedule gets MetaSchedule's first design-space
+    #    sample (tiled, parallel, vectorized) instead of naive loops.
+    scheduled, kernels_default = apply_default_schedules(scheduled, tvm_target)
+
     destination = Path(output_dir) if output_dir else DEFAULT_ARTIFACTS_DIR / f"{imported.name}-{preset.name}"
     with staging_folder(destination) as staging:
-        # 6. Build: tvm.compile (codegen; default GPU schedules for unscheduled kernels)
+        # 7. Build: tvm.compile (codegen; default GPU schedules for unscheduled kernels)
         #    and export the shared library.
         library = library_file_name(preset)
         build_library(scheduled, tvm_target, preset, staging / library)
 
-        # 7. Package: manifest with provenance and file hashes, then rename into place.
+        # 8. Package: manifest with provenance and file hashes, then rename into place.
         tuning = report.to_json() if report is not None else {"cache_folder": str(cache.folder)}
         tuning["kernels_scheduled_from_cache"] = kernels_from_cache
+        tuning["kernels_default_schedule"] = kernels_default
         if report is not None:
             tuning["measured_ms"] = _measured_ms(staging / library, preset, imported.inputs)
         manifest = Manifest(
@@ -103,7 +109,8 @@ def compile_model(
             library=library,
             weights="embedded",
             passes=[*imported.import_passes, *graph_passes, *LOWERING_PASSES]
-            + (["MetaScheduleApplyDatabase"] if kernels_from_cache else []),
+            + (["MetaScheduleApplyDatabase"] if kernels_from_cache else [])
+            + (["DefaultCPUSchedules"] if kernels_default else []),
             versions=_versions(),
             build_seconds=round(time.perf_counter() - started, 3),
             extra={"tuning": tuning},

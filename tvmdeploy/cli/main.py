@@ -189,7 +189,10 @@ def _cmd_compile(args) -> int:
             f"  tuning: {tuning['trials']} new trials, {tuning['tasks_from_cache']} of {len(tuning['tasks'])} "
             f"kernels from the cache; estimated {_ms(tuning.get('estimated_ms'))}, measured {_ms(tuning.get('measured_ms'))}"
         )
-    print(f"  kernels with tuned schedules: {tuning.get('kernels_scheduled_from_cache', 0)}")
+    print(
+        f"  kernels: {tuning.get('kernels_scheduled_from_cache', 0)} with tuned schedules from the cache, "
+        f"{tuning.get('kernels_default_schedule', 0)} with default schedules (tune for more speed)"
+    )
     print(f"  inputs:  {', '.join(s.describe() for s in m.inputs)}")
     print(f"  outputs: {', '.join(s.describe() for s in m.outputs)}")
     print(f"  artifact: {result.artifact_dir}")
