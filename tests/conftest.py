@@ -114,5 +114,8 @@ def digits_artifact(session_dir, digits_model) -> Path:
 
 
 def pytest_configure(config):
-    # Keep ONNX Runtime and TVM to the two cores CI has, and quiet.
     os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
+    # Hermetic: tests never read or write the user's real tuning cache (~/.cache/tvmdeploy).
+    import tempfile
+
+    os.environ["TVMDEPLOY_CACHE_DIR"] = tempfile.mkdtemp(prefix="tvmdeploy-test-cache-")

@@ -10,7 +10,8 @@ from typing import TextIO
 
 @dataclass
 class ProgressState:
-    trials: int
+    trials: int  # measured
+    submitted: int  # sent to the builder (measured in batches later)
     trial_budget: int
     tasks_done: int
     tasks_total: int
@@ -51,12 +52,14 @@ class Progress:
     @staticmethod
     def format(s: ProgressState) -> str:
         width = 24
-        filled = int(width * min(1.0, s.trials / max(1, s.trial_budget)))
-        bar = "#" * filled + "-" * (width - filled)
+        done = int(width * min(1.0, s.trials / max(1, s.trial_budget)))
+        sent = max(done, int(width * min(1.0, s.submitted / max(1, s.trial_budget))))
+        bar = "#" * done + "+" * (sent - done) + "-" * (width - sent)
         est = f"{s.estimated_ms:.3f} ms" if s.estimated_ms is not None else "n/a"
         remaining = f", ~{_clock(s.remaining_s)} left" if s.remaining_s is not None else ""
         return (
-            f"tuning [{bar}] {s.trials}/{s.trial_budget} trials, tasks {s.tasks_done}/{s.tasks_total}, "
+            f"tuning [{bar}] {s.trials}/{s.trial_budget} trials measured ({s.submitted} sent), "
+            f"kernels {s.tasks_done}/{s.tasks_total}, "
             f"best est. {est}, {_clock(s.elapsed_s)} elapsed{remaining}"
         )
 

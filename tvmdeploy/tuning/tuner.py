@@ -58,7 +58,8 @@ class TaskReport:
     name: str
     weight: int  # how many times the model calls this kernel
     flops: float
-    source: str  # "cache" (record found), "tuned" (this run), "untuned" (no valid record)
+    source: str  # "cache" (record found), "tuned" (this run), "untuned" (no valid record),
+    # "default" (a copy such as reshape/concatenate: not worth tuning)
     trials: int = 0  # new trials this run
     best_ms: float | None = None  # best measured latency of one call
 
@@ -80,9 +81,11 @@ class TuningReport:
 
     @property
     def estimated_ms(self) -> float | None:
-        if any(t.best_ms is None for t in self.tasks):
+        """Sum over tuned kernels of calls x best time (kernels never tuned are not counted)."""
+        measured = [t for t in self.tasks if t.source != "default"]
+        if not measured or any(t.best_ms is None for t in measured):
             return None
-        return sum(t.weight * t.best_ms for t in self.tasks)
+        return sum(t.weight * t.best_ms for t in measured)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -139,6 +142,10 @@ def tune(
     reports = [
         TaskReport(t.task_name, int(t.weight), _tvm.estimate_flops(t.dispatched[0]), "untuned") for t in extracted
     ]
+    # Heaviest kernels first: the gradient scheduler gives every task a first batch in
+    # order, and a time budget may end before the last ones get theirs.
+    order = sorted(range(len(extracted)), key=lambda i: -reports[i].flops * reports[i].weight)
+    extracted, reports = [extracted[i] for i in order], [reports[i] for i in order]
     with cache.session() as session:
         database = _load_database(session)
         per_task = budget.per_task(len(extracted))
@@ -152,6 +159,9 @@ def tune(
             if record is not None:
                 report.best_ms = _median_ms(record.run_secs)
             entry = ledger.get(shash)
+            if report.flops == 0:  # reshape, concatenate: copies, the default schedule serves
+                report.source = "default"
+                continue
             done = (entry is None and record is not None) or (
                 entry is not None and entry.get("state") == "done" and entry.get("per_task", 0) >= per_task
             )
@@ -160,7 +170,7 @@ def tune(
             else:
                 todo.append((task, report, shash))
                 remaining[shash] = max(1, per_task - counts.get(shash, 0))
-        from_cache = len(extracted) - len(todo)
+        from_cache = sum(r.source == "cache" for r in reports)
         if not todo or budget.trials == 0:
             return TuningReport(
                 str(cache.folder), reports, 0, from_cache, time.monotonic() - started, asdict(budget),
@@ -211,7 +221,7 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
         extracted_tasks=tasks,
         work_dir=str(log_dir),  # MetaSchedule writes its per-task logs under <work_dir>/logs
         space="post-order-apply",
-        strategy=_DeadlineSearch(ms.search_strategy.EvolutionarySearch(), deadline),
+        strategy=_DeadlineSearch(ms.search_strategy.EvolutionarySearch(), deadline, callback.submitted),
         num_threads=cores,
         seed=0,
     )
@@ -222,9 +232,10 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
         work_dir=str(log_dir),
         max_trials_global=trials,
         max_trials_per_task=per_task,
-        # Small enough that every task gets a first batch within the global budget, and
-        # at least two batches per task (so a killed run has something left to continue).
-        num_trials_per_iter=max(1, min(64, -(-per_task // 2), trials // len(tasks))),
+        # Small enough for about three rounds over all tasks within the global budget, so
+        # the gradient scheduler can move trials to where the latency is, and at least
+        # two batches per task (so a killed run has something left to continue).
+        num_trials_per_iter=_trials_per_iter(trials, per_task, len(tasks)),
         builder=ms.builder.LocalBuilder(
             f_build=_tvm.metaschedule_build,
             # Once per worker (the pool is recreated per batch), not once per candidate.
@@ -243,6 +254,10 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
         measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
         task_scheduler="gradient",
     )
+
+
+def _trials_per_iter(trials: int, per_task: int, num_tasks: int) -> int:
+    return max(1, min(64, -(-per_task // 2), max(8, trials // (3 * num_tasks)), trials // num_tasks))
 
 
 def _builder_initializer(target_kind: str):
@@ -291,9 +306,10 @@ class _DeadlineSearch(ms.search_strategy.PySearchStrategy):
     (Raising from a callback, or terminate_task from one, trips the scheduler's checks.)
     """
 
-    def __init__(self, inner, deadline: _Deadline):
+    def __init__(self, inner, deadline: _Deadline, on_submit=None):
         self.inner = inner
         self.deadline = deadline
+        self.on_submit = on_submit
 
     def _initialize_with_tune_context(self, context) -> None:
         self.inner._initialize_with_tune_context(context)
@@ -305,13 +321,18 @@ class _DeadlineSearch(ms.search_strategy.PySearchStrategy):
         self.inner.post_tuning()
 
     def generate_measure_candidates(self):
-        return None if self.deadline.passed() else self.inner.generate_measure_candidates()
+        if self.deadline.passed():
+            return None
+        candidates = self.inner.generate_measure_candidates()
+        if candidates and self.on_submit is not None:
+            self.on_submit(len(candidates))
+        return candidates
 
     def notify_runner_results(self, measure_candidates, results) -> None:
         self.inner.notify_runner_results(measure_candidates, results)
 
     def clone(self):
-        return _DeadlineSearch(self.inner.clone(), self.deadline)
+        return _DeadlineSearch(self.inner.clone(), self.deadline, self.on_submit)
 
 
 @tvm.ir.utils.derived_object
@@ -325,7 +346,13 @@ class _ProgressCallback(ms.measure_callback.PyMeasureCallback):
         self.budget, self.deadline, self.progress, self.started = budget, deadline, progress, started
         self.merge = merge
         self.trials = 0
+        self.submitted_trials = 0
         self.curve: list[tuple[int, float]] = []
+
+    def submitted(self, count: int) -> None:
+        """Candidates sent to the builder (measurements are joined later, in batches)."""
+        self.submitted_trials += count
+        self.progress.update(self.state())
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
         report = self.tuned[task_id]
@@ -345,14 +372,17 @@ class _ProgressCallback(ms.measure_callback.PyMeasureCallback):
     def state(self) -> ProgressState:
         elapsed = time.monotonic() - self.started
         estimated = None
-        if all(t.best_ms is not None for t in self.all_tasks):
-            estimated = sum(t.weight * t.best_ms for t in self.all_tasks)
+        measured = [t for t in self.all_tasks if t.source != "default"]
+        if all(t.best_ms is not None for t in measured):
+            estimated = sum(t.weight * t.best_ms for t in measured)
         remaining = self.deadline.remaining()
-        if self.trials:
-            by_rate = elapsed / self.trials * max(0, self.budget - self.trials)
+        progressed = max(self.trials, self.submitted_trials)
+        if progressed:
+            by_rate = elapsed / progressed * max(0, self.budget - progressed)
             remaining = by_rate if remaining is None else min(remaining, by_rate)
         return ProgressState(
             trials=self.trials,
+            submitted=self.submitted_trials,
             trial_budget=self.budget,
             tasks_done=sum(t.best_ms is not None for t in self.tuned),
             tasks_total=len(self.tuned),
