@@ -8,9 +8,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -190,9 +193,14 @@ def tune(
         cache.update_ledger({shash: {"state": "started", "per_task": per_task} for _, _, shash in todo})
         log_dir = cache.folder / "logs" / time.strftime("%Y%m%d-%H%M%S")
         try:
-            _run_metaschedule([t for t, _, _ in todo], target, database, trials, task_cap, deadline, callback, log_dir)
+            with _stop_on_signals(deadline, progress):
+                _run_metaschedule([t for t, _, _ in todo], target, database, trials, task_cap, deadline, callback, log_dir)
         except Exception as e:
             raise BuildError(f"tuning failed: {summarize_exception(e)} (MetaSchedule logs: {log_dir})") from e
+        if deadline.interrupted:
+            # Every measured batch is already merged into the cache and the ledger still
+            # says "started", so the next run continues these kernels.
+            raise KeyboardInterrupt
         stopped_by = "time budget" if deadline.passed() else "trial budget"
         if stopped_by == "trial budget":  # a run cut short by time continues next time
             cache.update_ledger({shash: {"state": "done", "per_task": per_task} for _, _, shash in todo})
@@ -256,6 +264,33 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
     )
 
 
+@contextlib.contextmanager
+def _stop_on_signals(deadline: _Deadline, progress: Progress):
+    """Ctrl-C / SIGTERM while MetaSchedule runs: stop handing out candidates, let the
+    batches in flight finish, then raise KeyboardInterrupt from `tune`.
+
+    An exception raised by a signal handler while C++ is calling back into Python ends
+    in std::terminate (a segfault, seen in CI), so the handler only sets a flag. A second
+    signal aborts at once; the cache recovers the dead run's session next time.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum, frame):
+        if deadline.interrupted:
+            os._exit(130)
+        deadline.interrupted = True
+        progress.message("tuning: stopping after the batches in flight (signal again to abort)")
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _trials_per_iter(trials: int, per_task: int, num_tasks: int) -> int:
     return max(1, min(64, -(-per_task // 2), max(8, trials // (3 * num_tasks)), trials // num_tasks))
 
@@ -289,9 +324,10 @@ def _median_ms(run_secs) -> float | None:
 class _Deadline:
     def __init__(self, at: float | None):
         self.at = at
+        self.interrupted = False
 
     def passed(self) -> bool:
-        return self.at is not None and time.monotonic() > self.at
+        return self.interrupted or (self.at is not None and time.monotonic() > self.at)
 
     def remaining(self) -> float | None:
         return None if self.at is None else max(0.0, self.at - time.monotonic())
