@@ -15,13 +15,16 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .artifact import finalize, staging_folder
 from .build import build_library, library_file_name
+from .errors import TvmDeployError
 from .frontend import import_model
 from .manifest import Manifest
 from .optimize import optimize_graph
 from .presets import load_preset, resolve_preset
 from .tuning.progress import Progress
+from .weights_file import WEIGHTS_FILE, write_weights
 
 if TYPE_CHECKING:
+    from .pruning import PruningConfig
     from .tuning.tuner import TuningBudget
 
 DEFAULT_ARTIFACTS_DIR = Path("artifacts")
@@ -41,6 +44,8 @@ def compile_model(
     tune: "TuningBudget | None" = None,
     cache_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    prune: "PruningConfig | None" = None,
+    calibration_data: str | os.PathLike | None = None,
 ) -> CompileResult:
     """Compile an ONNX model for a target preset into an artifact folder.
 
@@ -50,6 +55,9 @@ def compile_model(
     shape the model leaves symbolic. tune: a TuningBudget to tune the kernels the
     tuning cache does not cover yet (None: only reuse what the cache has). cache_dir:
     the tuning cache root (default: $TVMDEPLOY_CACHE_DIR or ~/.cache/tvmdeploy).
+    prune: a StructuredPruning / MagnitudePruning config. calibration_data: an .npz
+    with one array per input (first axis: samples) and optional labels, on which
+    pruning measures its accuracy cost (and picks ratios for --max-accuracy-drop).
     """
     started = time.perf_counter()
     from . import _tvm
@@ -68,32 +76,48 @@ def compile_model(
     # 3. Optimize the graph: fold constants and BatchNorm, simplify.
     mod, graph_passes = optimize_graph(imported.mod)
 
-    # 4. Lower to fused kernels: the units that are tuned, cached and built.
+    # 4. Prune (if asked): structured pruning rewrites layers to fewer channels, magnitude
+    #    pruning zeroes weights, which then travel compactly beside the library.
+    pruning, weights = None, None
+    if prune is not None:
+        from .pruning.lift import lift_weights
+        from .pruning.prune import load_calibration, prune_graph
+
+        calibration = load_calibration(calibration_data, imported.inputs) if calibration_data else None
+        mod, pruning = prune_graph(mod, prune, imported.inputs, calibration, progress)
+        if pruning["scheme"] == "magnitude":
+            mod, weights = lift_weights(mod)
+    elif calibration_data is not None:
+        raise TvmDeployError("--calibration-data is used by --prune; nothing here uses it")
+
+    # 5. Lower to fused kernels: the units that are tuned, cached and built.
     fused = lower_for_tuning(mod)
 
-    # 5. Tune what the cache does not cover (if asked), then schedule every kernel the
+    # 6. Tune what the cache does not cover (if asked), then schedule every kernel the
     #    cache has a record for.
     cache = TargetCache.open(target_dict, _tvm.TVM_VERSION, cache_dir)
     report = tune_kernels(fused, tvm_target, cache, tune, progress) if tune is not None else None
     scheduled, kernels_from_cache = apply_cached(fused, tvm_target, cache)
 
-    # 6. Every CPU kernel still without a schedule gets MetaSchedule's first design-space
+    # 7. Every CPU kernel still without a schedule gets MetaSchedule's first design-space
     #    sample (tiled, parallel, vectorized) instead of naive loops.
     scheduled, kernels_default = apply_default_schedules(scheduled, tvm_target)
 
     destination = Path(output_dir) if output_dir else DEFAULT_ARTIFACTS_DIR / f"{imported.name}-{preset.name}"
     with staging_folder(destination) as staging:
-        # 7. Build: tvm.compile (codegen; default GPU schedules for unscheduled kernels)
+        # 8. Build: tvm.compile (codegen; default GPU schedules for unscheduled kernels)
         #    and export the shared library.
         library = library_file_name(preset)
         build_library(scheduled, tvm_target, preset, staging / library)
+        if weights is not None:
+            write_weights(staging / WEIGHTS_FILE, weights)
 
-        # 8. Package: manifest with provenance and file hashes, then rename into place.
+        # 9. Package: manifest with provenance and file hashes, then rename into place.
         tuning = report.to_json() if report is not None else {"cache_folder": str(cache.folder)}
         tuning["kernels_scheduled_from_cache"] = kernels_from_cache
         tuning["kernels_default_schedule"] = kernels_default
         if report is not None:
-            tuning["measured_ms"] = _measured_ms(staging / library, preset, imported.inputs)
+            tuning["measured_ms"] = _measured_ms(staging / library, preset, imported.inputs, weights)
         manifest = Manifest(
             model_name=imported.name,
             source_file=str(imported.source),
@@ -107,13 +131,15 @@ def compile_model(
             cpu_flags=_tvm.required_cpu_flags(tvm_target),
             threads=preset.build.threads,
             library=library,
-            weights="embedded",
-            passes=[*imported.import_passes, *graph_passes, *LOWERING_PASSES]
+            weights="embedded" if weights is None else WEIGHTS_FILE,
+            passes=[*imported.import_passes, *graph_passes]
+            + ([{"structured": "PruneChannels", "magnitude": "PruneMagnitude"}[pruning["scheme"]]] if pruning else [])
+            + [*LOWERING_PASSES]
             + (["MetaScheduleApplyDatabase"] if kernels_from_cache else [])
             + (["DefaultCPUSchedules"] if kernels_default else []),
             versions=_versions(),
             build_seconds=round(time.perf_counter() - started, 3),
-            extra={"tuning": tuning},
+            extra={"tuning": tuning, **({"pruning": pruning} if pruning is not None else {})},
         )
         manifest = finalize(staging, destination, manifest)
     return CompileResult(artifact_dir=destination, manifest=manifest)
@@ -139,7 +165,7 @@ def tune_model(
     return tune(lower_for_tuning(mod), tvm_target, cache, budget or TuningBudget(), progress)
 
 
-def _measured_ms(library: Path, preset, inputs) -> float | None:
+def _measured_ms(library: Path, preset, inputs, weights=None) -> float | None:
     """Median latency of the freshly built library on this machine (when it can run here)."""
     import numpy as np
 
@@ -153,6 +179,7 @@ def _measured_ms(library: Path, preset, inputs) -> float | None:
     vm = _tvm.relax.VirtualMachine(tvm.runtime.load_module(str(library)), device)
     rng = np.random.default_rng(0)
     args = [tvm.runtime.tensor(rng.standard_normal(s.shape).astype(s.dtype), device) for s in inputs]
+    args += [tvm.runtime.tensor(w, device) for w in weights or []]
     timer = vm.time_evaluator("main", device, number=3, repeat=5)
     return round(float(np.median(timer(*args).results)) * 1e3, 6)
 

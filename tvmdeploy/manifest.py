@@ -45,7 +45,7 @@ class Manifest:
     cpu_flags: list[str]  # /proc/cpuinfo flags the code may use
     threads: int  # default runtime thread count (0: one per core)
     library: str  # file name of the shared library inside the artifact
-    weights: str  # where the weights travel: "embedded" in the library
+    weights: str  # where the weights travel: "embedded" in the library, or a file name (weights.npz)
     passes: list[str]  # graph passes applied, in order
     versions: dict[str, str]  # tvm, tvm-ffi, tvmdeploy, onnx
     build_seconds: float

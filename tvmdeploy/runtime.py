@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import ArtifactError, InputMismatchError
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, TensorSpec, sha256_file
+from .weights_file import read_weights
 
 __all__ = ["LoadedModel", "load", "read_manifest"]
 
@@ -124,6 +125,15 @@ class LoadedModel:
         library = tvm.runtime.load_module(str(folder / manifest.library))
         self._vm = tvm.runtime.vm.VirtualMachine(library, self._device)
         self._main = self._vm["main"]
+        # Weights stored beside the library (compact, e.g. after magnitude pruning) are
+        # expanded once here and passed after the inputs on every call.
+        self._weights = []
+        if manifest.weights != "embedded":
+            try:
+                arrays = read_weights(folder / manifest.weights)
+            except ValueError as e:
+                raise ArtifactError(f"{folder}: {e}; rebuild the artifact") from None
+            self._weights = [tvm.runtime.tensor(a, self._device) for a in arrays]
 
     def __repr__(self) -> str:
         ins = ", ".join(s.describe() for s in self.inputs)
@@ -134,7 +144,7 @@ class LoadedModel:
         """Run once. Inputs positionally in manifest order, or by input name."""
         arrays = self._bind_inputs(args, kwargs)
         tensors = [self._tvm.runtime.tensor(a, self._device) for a in arrays]
-        result = self._main(*tensors)
+        result = self._main(*tensors, *self._weights)
         return _to_numpy(result)
 
     def _bind_inputs(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[np.ndarray]:
@@ -189,6 +199,7 @@ class LoadedModel:
     def time(self, inputs: Sequence[np.ndarray], warmup: int = 3, repeat: int = 20) -> list[float]:
         """Wall-clock seconds of `repeat` runs after `warmup` runs, inputs already on the device."""
         tensors = [self._tvm.runtime.tensor(a, self._device) for a in self._bind_inputs(inputs, {})]
+        tensors += self._weights
         for _ in range(warmup):
             self._main(*tensors)
         self._device.sync()

@@ -74,6 +74,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tune", action="store_true", help="tune the kernels the tuning cache does not cover yet")
     p.add_argument("--tune-trials", type=int, default=None, metavar="N", help="tuning trials (implies --tune; default 1000)")
     _add_tuning_options(p)
+    p.add_argument(
+        "--prune", metavar="SCHEME[:RATIO]",
+        help="structured:0.3 (remove 30%% of channels), magnitude:0.5 (zero 50%% of weights; also "
+        "magnitude:alpha=1.0 or magnitude:0.5,scope=layer), or a scheme alone with --max-accuracy-drop",
+    )
+    p.add_argument(
+        "--max-accuracy-drop", type=float, default=None, metavar="POINTS",
+        help="top-1 points pruning may cost (accuracy with labels, else agreement); needs --calibration-data",
+    )
+    p.add_argument(
+        "--calibration-data", metavar="FILE.npz",
+        help="samples to measure pruning on: one array per input (first axis: samples), optional 'label'",
+    )
     p.set_defaults(handler=_cmd_compile)
 
     p = sub.add_parser("tune", help="tune a model's kernels for a target into the tuning cache")
@@ -173,6 +186,13 @@ def _cmd_compile(args) -> int:
     from ..compiler import compile_model
 
     tune = args.tune or args.tune_trials is not None
+    prune = None
+    if args.prune:
+        from ..pruning import parse_prune_spec
+
+        prune = parse_prune_spec(args.prune, args.max_accuracy_drop)
+    elif args.max_accuracy_drop is not None:
+        raise UsageError("--max-accuracy-drop goes with --prune (e.g. --prune structured --max-accuracy-drop 1.0)")
     result = compile_model(
         args.model,
         target=args.target,
@@ -180,6 +200,8 @@ def _cmd_compile(args) -> int:
         input_shapes=parse_input_shapes(args.input_shape),
         tune=_budget(args.tune_trials if args.tune_trials is not None else 1000, args) if tune else None,
         cache_dir=args.cache_dir,
+        prune=prune,
+        calibration_data=args.calibration_data,
     )
     m = result.manifest
     print(f"compiled {m.model_name} for {m.preset} ({m.arch}, {m.device}) in {m.build_seconds:.1f} s")
@@ -193,6 +215,17 @@ def _cmd_compile(args) -> int:
         f"  kernels: {tuning.get('kernels_scheduled_from_cache', 0)} with tuned schedules from the cache, "
         f"{tuning.get('kernels_default_schedule', 0)} with default schedules (tune for more speed)"
     )
+    pruning = m.extra.get("pruning")
+    if pruning:
+        b, a, acc = pruning["before"], pruning["after"], pruning["accuracy"]
+        print(
+            f"  pruning: {pruning['scheme']}: MACs {b['macs']:,} -> {a['macs']:,}, non-zero params "
+            f"{b['nonzero_params']:,} -> {a['nonzero_params']:,}, weight bytes {b['weight_bytes']:,} -> "
+            f"{a['compact_weight_bytes'] if m.weights != 'embedded' else a['weight_bytes']:,}; "
+            f"{acc['metric']} {acc['before']:.2f} -> {acc['after']:.2f} on {acc['data']}"
+        )
+        for skipped in pruning["skipped"]:
+            print(f"    not pruned: {skipped['layer']} ({skipped['reason']})")
     print(f"  inputs:  {', '.join(s.describe() for s in m.inputs)}")
     print(f"  outputs: {', '.join(s.describe() for s in m.outputs)}")
     print(f"  artifact: {result.artifact_dir}")
