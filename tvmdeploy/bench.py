@@ -85,10 +85,21 @@ def bench_artifact(
     inputs = dict(zip((s.name for s in model.inputs), model.random_inputs(seed)))
 
     runners = {"tvmdeploy": lambda: model(**inputs)}
+    names = []
     for peer in compare:
-        if peer != "onnxruntime":
-            raise TvmDeployError(f"unknown peer '{peer}' for --compare (supported: onnxruntime)")
-        runners[peer] = _onnxruntime_runner(Path(model_path or manifest.source_file), inputs, threads)
+        if peer == "onnxruntime":
+            runners[peer] = _onnxruntime_runner(Path(model_path or manifest.source_file), inputs, threads)
+        elif (Path(peer) / "manifest.json").is_file():
+            # Another artifact of the same model (unpruned vs pruned, untuned vs tuned).
+            peer_name = Path(peer).resolve().name
+            runners[peer_name] = _artifact_runner(Path(peer), model, inputs, threads)
+            peer = peer_name
+        else:
+            raise TvmDeployError(
+                f"unknown peer '{peer}' for --compare (supported: onnxruntime, or another artifact folder)"
+            )
+        names.append(peer)
+    compare = tuple(names)
 
     outputs = {name: run() for name, run in runners.items()}
     diffs = {
@@ -123,6 +134,16 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover
         return os.cpu_count() or 1
+
+
+def _artifact_runner(folder: Path, ours, inputs: dict[str, np.ndarray], threads: int):
+    other = load(folder, threads=threads)
+    if [(s.name, s.shape, s.dtype) for s in other.inputs] != [(s.name, s.shape, s.dtype) for s in ours.inputs]:
+        raise TvmDeployError(
+            f"{folder} takes inputs {', '.join(s.describe() for s in other.inputs)}, the artifact "
+            f"{', '.join(s.describe() for s in ours.inputs)}: not comparable"
+        )
+    return lambda: other(**inputs)
 
 
 def _onnxruntime_runner(model_path: Path, inputs: dict[str, np.ndarray], threads: int):

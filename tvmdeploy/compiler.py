@@ -25,6 +25,7 @@ from .weights_file import WEIGHTS_FILE, write_weights
 
 if TYPE_CHECKING:
     from .pruning import PruningConfig
+    from .quantization import QuantizationConfig
     from .tuning.tuner import TuningBudget
 
 DEFAULT_ARTIFACTS_DIR = Path("artifacts")
@@ -45,6 +46,7 @@ def compile_model(
     cache_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     prune: "PruningConfig | None" = None,
+    quantize: "QuantizationConfig | None" = None,
     calibration_data: str | os.PathLike | None = None,
 ) -> CompileResult:
     """Compile an ONNX model for a target preset into an artifact folder.
@@ -55,9 +57,11 @@ def compile_model(
     shape the model leaves symbolic. tune: a TuningBudget to tune the kernels the
     tuning cache does not cover yet (None: only reuse what the cache has). cache_dir:
     the tuning cache root (default: $TVMDEPLOY_CACHE_DIR or ~/.cache/tvmdeploy).
-    prune: a StructuredPruning / MagnitudePruning config. calibration_data: an .npz
-    with one array per input (first axis: samples) and optional labels, on which
-    pruning measures its accuracy cost (and picks ratios for --max-accuracy-drop).
+    prune: a StructuredPruning / MagnitudePruning config. quantize: an Int8WeightOnly /
+    Int8Static config. calibration_data: an .npz with one array per input (first axis:
+    samples) and optional labels, on which pruning and quantization measure their
+    accuracy cost (pruning picks ratios there for --max-accuracy-drop; int8 calibrates
+    its activation scales there).
     """
     started = time.perf_counter()
     from . import _tvm
@@ -76,19 +80,29 @@ def compile_model(
     # 3. Optimize the graph: fold constants and BatchNorm, simplify.
     mod, graph_passes = optimize_graph(imported.mod)
 
-    # 4. Prune (if asked): structured pruning rewrites layers to fewer channels, magnitude
-    #    pruning zeroes weights, which then travel compactly beside the library.
-    pruning, weights = None, None
-    if prune is not None:
-        from .pruning.lift import lift_weights
-        from .pruning.prune import load_calibration, prune_graph
+    # 4. Prune and quantize (if asked). Structured pruning rewrites layers to fewer
+    #    channels; magnitude pruning zeroes weights, which then travel compactly beside
+    #    the library; int8 rewrites conv/matmul to int8 weights (and int8 compute).
+    pruning, quantization, weights = None, None, None
+    calibration = None
+    if calibration_data is not None:
+        if prune is None and quantize is None:
+            raise TvmDeployError("--calibration-data is for --prune and --quantize; neither was asked for")
+        from .pruning.prune import load_calibration
 
-        calibration = load_calibration(calibration_data, imported.inputs) if calibration_data else None
+        calibration = load_calibration(calibration_data, imported.inputs)
+    if prune is not None:
+        from .pruning.prune import prune_graph
+
         mod, pruning = prune_graph(mod, prune, imported.inputs, calibration, progress)
-        if pruning["scheme"] == "magnitude":
-            mod, weights = lift_weights(mod)
-    elif calibration_data is not None:
-        raise TvmDeployError("--calibration-data is used by --prune; nothing here uses it")
+    if quantize is not None:
+        from .quantization.quantize import quantize_graph
+
+        mod, quantization = quantize_graph(mod, quantize, imported.inputs, calibration, progress)
+    if pruning is not None and pruning["scheme"] == "magnitude":
+        from .pruning.lift import lift_weights
+
+        mod, weights = lift_weights(mod)
 
     # 5. Lower to fused kernels: the units that are tuned, cached and built.
     fused = lower_for_tuning(mod)
@@ -134,12 +148,23 @@ def compile_model(
             weights="embedded" if weights is None else WEIGHTS_FILE,
             passes=[*imported.import_passes, *graph_passes]
             + ([{"structured": "PruneChannels", "magnitude": "PruneMagnitude"}[pruning["scheme"]]] if pruning else [])
+            + (
+                {"int8-weight": ["QuantizeWeightsInt8", "FuseDecodeIntoConsumer"], "int8": ["QuantizeLayersInt8"]}[
+                    quantization["scheme"]
+                ]
+                if quantization
+                else []
+            )
             + [*LOWERING_PASSES]
             + (["MetaScheduleApplyDatabase"] if kernels_from_cache else [])
             + (["DefaultCPUSchedules"] if kernels_default else []),
             versions=_versions(),
             build_seconds=round(time.perf_counter() - started, 3),
-            extra={"tuning": tuning, **({"pruning": pruning} if pruning is not None else {})},
+            extra={
+                "tuning": tuning,
+                **({"pruning": pruning} if pruning is not None else {}),
+                **({"quantization": quantization} if quantization is not None else {}),
+            },
         )
         manifest = finalize(staging, destination, manifest)
     return CompileResult(artifact_dir=destination, manifest=manifest)

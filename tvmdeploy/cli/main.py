@@ -84,8 +84,14 @@ def _parser() -> argparse.ArgumentParser:
         help="top-1 points pruning may cost (accuracy with labels, else agreement); needs --calibration-data",
     )
     p.add_argument(
+        "--quantize", choices=["int8-weight", "int8", "fp16"],
+        help="int8-weight: int8 weights, float compute; int8: calibrated int8 compute (needs --calibration-data)",
+    )
+    p.add_argument("--observer", choices=["minmax", "percentile"], default=None, help="int8 activation ranges (default minmax)")
+    p.add_argument("--percentile", type=float, default=None, help="for --observer percentile (default 99.99)")
+    p.add_argument(
         "--calibration-data", metavar="FILE.npz",
-        help="samples to measure pruning on: one array per input (first axis: samples), optional 'label'",
+        help="samples for pruning/quantization: one array per input (first axis: samples), optional 'label'",
     )
     p.set_defaults(handler=_cmd_compile)
 
@@ -133,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time an artifact against ONNX Runtime, interleaved in one process")
     p.add_argument("artifact", help="artifact folder")
-    p.add_argument("--compare", action="append", default=[], metavar="PEER", help="peer runtime: onnxruntime (default)")
+    p.add_argument("--compare", action="append", default=[], metavar="PEER", help="peer: onnxruntime (default), or another artifact folder of the same model (repeatable)")
     p.add_argument("--model", help="the source .onnx for the peer (default: the path in the manifest)")
     p.add_argument("--threads", type=int, default=None, help="threads for both runtimes (default: all cores)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs of each first (default 5)")
@@ -191,8 +197,18 @@ def _cmd_compile(args) -> int:
         from ..pruning import parse_prune_spec
 
         prune = parse_prune_spec(args.prune, args.max_accuracy_drop)
-    elif args.max_accuracy_drop is not None:
-        raise UsageError("--max-accuracy-drop goes with --prune (e.g. --prune structured --max-accuracy-drop 1.0)")
+    quantize = None
+    if args.quantize:
+        from ..quantization import parse_quantize_spec
+
+        quantize = parse_quantize_spec(
+            args.quantize, observer=args.observer, percentile=args.percentile,
+            max_accuracy_drop=None if prune is not None else args.max_accuracy_drop,
+        )
+    elif args.observer or args.percentile is not None:
+        raise UsageError("--observer and --percentile go with --quantize int8")
+    if args.max_accuracy_drop is not None and not (args.prune or args.quantize):
+        raise UsageError("--max-accuracy-drop goes with --prune or --quantize (e.g. --prune structured --max-accuracy-drop 1.0)")
     result = compile_model(
         args.model,
         target=args.target,
@@ -201,6 +217,7 @@ def _cmd_compile(args) -> int:
         tune=_budget(args.tune_trials if args.tune_trials is not None else 1000, args) if tune else None,
         cache_dir=args.cache_dir,
         prune=prune,
+        quantize=quantize,
         calibration_data=args.calibration_data,
     )
     m = result.manifest
@@ -226,6 +243,14 @@ def _cmd_compile(args) -> int:
         )
         for skipped in pruning["skipped"]:
             print(f"    not pruned: {skipped['layer']} ({skipped['reason']})")
+    quantization = m.extra.get("quantization")
+    if quantization:
+        b, a, acc = quantization["before"], quantization["after"], quantization["accuracy"]
+        sqnr = ", ".join("inf" if s is None else f"{s:.1f}" for s in acc["output_sqnr_db"])
+        print(
+            f"  quantization: {quantization['scheme']}: weight bytes {b['weight_bytes']:,} -> {a['weight_bytes']:,}; "
+            f"output SQNR {sqnr} dB; {acc['metric']} {acc['before']:.2f} -> {acc['after']:.2f} on {acc['data']}"
+        )
     print(f"  inputs:  {', '.join(s.describe() for s in m.inputs)}")
     print(f"  outputs: {', '.join(s.describe() for s in m.outputs)}")
     print(f"  artifact: {result.artifact_dir}")

@@ -1,0 +1,138 @@
+"""Quantization, top to bottom: (calibrate), rewrite, measure against float, gate, report.
+
+`quantize_graph` takes the optimized (and possibly pruned) Relax module and returns the
+quantized module plus the report for the manifest. Accuracy is measured by building
+both the float and the quantized model for this machine and running them on the
+calibration samples (or seeded random inputs): SQNR of every output against float, and
+top-1 (accuracy with labels, else agreement with float).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import numpy as np
+
+from .._tvm import relax, tvm
+from ..host_eval import HostModel
+from ..passes.quantize_int8 import (
+    FuseDecodeIntoConsumer,
+    QuantizeLayersInt8,
+    QuantizeWeightsInt8,
+)
+from ..pruning.channels import analyze_channels, bindings_of
+from ..pruning.prune import random_calibration, sqnr_db
+from ..pruning.stats import model_stats
+from .config import (
+    CONFIG_VERSION,
+    Fp16,
+    Int8Static,
+    Int8WeightOnly,
+    QuantizationConfig,
+    QuantizationError,
+)
+
+
+def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, progress=None, device: str = "cpu"):
+    started = time.monotonic()
+    say = progress.message if progress is not None else (lambda text: None)
+    if isinstance(config, Fp16):
+        raise QuantizationError(
+            "fp16 is for CUDA presets and is not built yet in this version; use int8-weight or int8 on CPU targets"
+        )
+    if isinstance(config, Int8Static) and calibration is None:
+        raise QuantizationError("--quantize int8 calibrates activations: pass --calibration-data FILE.npz")
+    if config.max_accuracy_drop is not None and calibration is None:
+        raise QuantizationError("--max-accuracy-drop needs --calibration-data FILE.npz to measure accuracy on")
+    data = calibration or random_calibration(inputs)
+    before = model_stats(mod)
+    graph = analyze_channels(mod)
+    scales = None
+    if isinstance(config, Int8WeightOnly):
+        quantized = QuantizeWeightsInt8(per_channel=config.per_channel)(mod)
+    else:
+        say(f"quantization: calibrating {len(graph.layers)} layers on {data.source} ({config.observer})")
+        scales = calibrate(mod, graph, data.samples, config)
+        quantized = QuantizeLayersInt8(scales, per_channel=config.per_channel)(mod)
+
+    reference = HostModel(mod, "measure quantization").run(data.samples)
+    outputs = HostModel(quantized, "measure quantization").run(data.samples)
+    accuracy = _accuracy(reference, outputs, data)
+    if config.max_accuracy_drop is not None and accuracy["drop"] > config.max_accuracy_drop + 1e-9:
+        raise QuantizationError(
+            f"quantization costs {accuracy['drop']:.2f} points of {accuracy['metric']} on {data.source}, more than "
+            f"--max-accuracy-drop {config.max_accuracy_drop:g}"
+            + ("; try --observer percentile" if isinstance(config, Int8Static) and config.observer == "minmax" else "")
+        )
+    after = model_stats(quantized)
+    if isinstance(config, Int8WeightOnly):
+        quantized = FuseDecodeIntoConsumer()(quantized)
+    report = {
+        "scheme": {Int8WeightOnly: "int8-weight", Int8Static: "int8"}[type(config)],
+        "config": {**asdict(config), "type": type(config).__name__, "version": CONFIG_VERSION},
+        "layers": [layer.name for layer in graph.layers],
+        "activation_scales": None if scales is None else {k: float(v) for k, v in scales.items()},
+        "before": before.to_json(),
+        "after": after.to_json(),
+        "accuracy": accuracy,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    say(
+        f"quantization: {report['scheme']}, weight bytes {before.weight_bytes:,} -> {after.weight_bytes:,}, "
+        f"output SQNR {', '.join(f'{s:.1f}' if s is not None else 'inf' for s in accuracy['output_sqnr_db'])} dB, "
+        f"{accuracy['metric']} {accuracy['before']:.2f} -> {accuracy['after']:.2f} on {data.source}"
+    )
+    return quantized, report
+
+
+def calibrate(mod, graph, samples, config: Int8Static) -> dict[str, float]:
+    """Per-tensor scale of every layer's input: max|x| (minmax) or a percentile of |x|."""
+    tapped = _tap_layer_inputs(mod, graph)
+    runs = HostModel(tapped, "calibrate activations").run(samples)
+    scales = {}
+    num_outputs = len(runs[0]) - len(graph.layers)
+    for i, layer in enumerate(graph.layers):
+        values = np.concatenate([np.abs(r[num_outputs + i]).reshape(-1) for r in runs])
+        peak = values.max() if config.observer == "minmax" else np.percentile(values, config.percentile)
+        scales[layer.name] = float(peak / 127.0) if peak > 0 else 1.0
+    return scales
+
+
+def _tap_layer_inputs(mod, graph) -> tvm.ir.IRModule:
+    """main returning (its outputs..., every layer's input)."""
+    flat = relax.transform.ToNonDataflow()(mod)
+    func = flat["main"]
+    bindings = bindings_of(func)
+    taps = [bindings[layer.slot[0]].value.args[0] for layer in graph.layers]
+    result = func.body.body
+    fields = list(result.fields) if isinstance(result, relax.Tuple) else [result]
+    returned = [*fields, *taps]
+    body = relax.SeqExpr(func.body.blocks, relax.Tuple(returned))
+    new = relax.Function(func.params, body, relax.TupleType([e.ty for e in returned]), func.is_pure, func.attrs)
+    out = tvm.ir.IRModule(dict(flat.functions_items()))
+    out["main"] = new
+    return out
+
+
+def _accuracy(reference, outputs, data) -> dict:
+    def top1(runs):
+        return np.stack([np.argmax(r[0].reshape(-1, r[0].shape[-1]), axis=-1) for r in runs])
+
+    ref_top1, out_top1 = top1(reference), top1(outputs)
+    if data.labels is not None:
+        metric = "top1_accuracy"
+        before = 100.0 * float(np.mean(ref_top1[:, 0] == data.labels))
+        after = 100.0 * float(np.mean(out_top1[:, 0] == data.labels))
+    else:
+        metric = "top1_agreement"
+        before, after = 100.0, 100.0 * float(np.mean(ref_top1 == out_top1))
+    sqnr = [
+        sqnr_db(np.concatenate([r[i].reshape(-1) for r in reference]), np.concatenate([o[i].reshape(-1) for o in outputs]))
+        for i in range(len(reference[0]))
+    ]
+    return {
+        "metric": metric, "data": data.source, "samples": len(data.samples),
+        "before": round(before, 3), "after": round(after, 3), "drop": round(before - after, 3),
+        "output_sqnr_db": [round(s, 2) if np.isfinite(s) else None for s in sqnr],
+    }
