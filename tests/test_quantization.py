@@ -134,3 +134,18 @@ def test_spec_parsing_and_clear_errors(tmp_path):
         )
         assert proc.returncode == 1 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert not out.exists()
+
+
+def test_qdq_model_from_onnx_runtime_runs_on_the_int8_path(tmp_path):
+    qdq = MODELS / "digits_qdq.onnx"  # tests/fixtures/make_qdq_model.py
+    result = compile_model(qdq, output_dir=tmp_path / "a")
+    report = result.manifest.extra["quantization"]
+    assert report["scheme"] == "qdq-int8" and len(report["layers"]) == 5
+    assert report["after"]["weight_bytes"] <= 0.3 * report["before"]["weight_bytes"]
+    model = load(result.artifact_dir)
+    test = np.load(DIGITS_TEST)
+    ours = np.concatenate([model(x[None])[0] for x in test["image"]])
+    theirs = np.concatenate([ort_run(qdq, {"image": x[None]})[0] for x in test["image"]])
+    assert sqnr_db(theirs, ours) >= 30
+    agreement = np.mean(ours.argmax(axis=1) == theirs.argmax(axis=1))
+    assert agreement >= 0.99

@@ -99,6 +99,12 @@ def compile_model(
         from .quantization.quantize import quantize_graph
 
         mod, quantization = quantize_graph(mod, quantize, imported.inputs, calibration, progress)
+    else:
+        # A pre-quantized (QDQ) model: its quantized layers compute in int8, not as float
+        # (a model without QuantizeLinear/DequantizeLinear comes back unchanged).
+        from .quantization.quantize import quantize_qdq_model
+
+        mod, quantization = quantize_qdq_model(mod, imported.inputs, progress)
     if pruning is not None and pruning["scheme"] == "magnitude":
         from .pruning.lift import lift_weights
 
@@ -149,7 +155,11 @@ def compile_model(
             passes=[*imported.import_passes, *graph_passes]
             + ([{"structured": "PruneChannels", "magnitude": "PruneMagnitude"}[pruning["scheme"]]] if pruning else [])
             + (
-                {"int8-weight": ["QuantizeWeightsInt8", "FuseDecodeIntoConsumer"], "int8": ["QuantizeLayersInt8"]}[
+                {
+                    "int8-weight": ["QuantizeWeightsInt8", "FuseDecodeIntoConsumer"],
+                    "int8": ["QuantizeLayersInt8"],
+                    "qdq-int8": ["QuantizeLayersInt8"],
+                }[
                     quantization["scheme"]
                 ]
                 if quantization

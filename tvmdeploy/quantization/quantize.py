@@ -86,6 +86,32 @@ def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, pr
     return quantized, report
 
 
+def quantize_qdq_model(mod, inputs, progress=None):
+    """A QDQ model's quantized layers onto int8 compute; (module, report) or (module, None)
+    when the model has no QDQ layers."""
+    from .qdq import qdq_input_scales
+
+    scales = qdq_input_scales(mod)
+    if not scales:
+        return mod, None
+    quantized = QuantizeLayersInt8(scales)(mod)
+    data = random_calibration(inputs)
+    reference = HostModel(mod, "measure the QDQ model").run(data.samples)
+    accuracy = _accuracy(reference, HostModel(quantized, "measure the QDQ model").run(data.samples), data)
+    report = {
+        "scheme": "qdq-int8",
+        "config": {"type": "QDQ", "version": CONFIG_VERSION, "source": "the model's QuantizeLinear/DequantizeLinear"},
+        "layers": sorted(scales),
+        "activation_scales": scales,
+        "before": model_stats(mod).to_json(),
+        "after": model_stats(quantized).to_json(),
+        "accuracy": {**accuracy, "reference": "the model run as float between its Q/DQ pairs"},
+    }
+    if progress is not None:
+        progress.message(f"quantization: QDQ model, {len(scales)} layers on int8 compute (scales from the model)")
+    return quantized, report
+
+
 def calibrate(mod, graph, samples, config: Int8Static) -> dict[str, float]:
     """Per-tensor scale of every layer's input: max|x| (minmax) or a percentile of |x|."""
     tapped = _tap_layer_inputs(mod, graph)
