@@ -89,6 +89,7 @@ def test_digits_int8_static_keeps_accuracy_and_shrinks_weights(tmp_path):
     assert report["accuracy"]["output_sqnr_db"][0] >= 20
     assert report["after"]["weight_bytes"] <= 0.3 * report["before"]["weight_bytes"]
     assert "QuantizeLayersInt8" in result.manifest.passes
+    assert all(db >= 30 for db in report["layer_sqnr_db"].values()) and report["kept_float"] == []
     int8 = load(result.artifact_dir)
     accuracy_fp32 = 100 * np.mean(_top1(fp32, test["image"]) == test["label"])
     accuracy_int8 = 100 * np.mean(_top1(int8, test["image"]) == test["label"])
@@ -113,6 +114,18 @@ def test_int8_artifacts_track_onnx_runtime(tmp_path, name, input_name, shape):
     reference = ort_run(MODELS / name, {input_name: x})[0]
     assert sqnr_db(reference, weight_only(x)[0]) >= 30
     assert sqnr_db(reference, static(x)[0]) >= 20
+
+
+def test_layers_below_the_sqnr_floor_stay_float(tmp_path):
+    # A floor above every layer's estimate keeps the whole model in float: bit-exact
+    # with the unquantized artifact.
+    result = compile_model(
+        DIGITS_CNN, output_dir=tmp_path / "a", quantize=Int8Static(min_layer_sqnr_db=100.0),
+        calibration_data=DIGITS_CALIBRATION,
+    )
+    report = result.manifest.extra["quantization"]
+    assert report["kept_float"] == sorted(report["layers"])
+    assert report["accuracy"]["output_sqnr_db"] == [None]  # identical outputs: infinite SQNR
 
 
 def test_spec_parsing_and_clear_errors(tmp_path):

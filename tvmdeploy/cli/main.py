@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--observer", choices=["minmax", "percentile"], default=None, help="int8 activation ranges (default minmax)")
     p.add_argument("--percentile", type=float, default=None, help="for --observer percentile (default 99.99)")
     p.add_argument(
+        "--min-layer-sqnr", type=float, default=None, metavar="DB",
+        help="int8: keep layers whose estimated int8 SQNR is below DB in float",
+    )
+    p.add_argument(
         "--calibration-data", metavar="FILE.npz",
         help="samples for pruning/quantization: one array per input (first axis: samples), optional 'label'",
     )
@@ -202,11 +206,11 @@ def _cmd_compile(args) -> int:
         from ..quantization import parse_quantize_spec
 
         quantize = parse_quantize_spec(
-            args.quantize, observer=args.observer, percentile=args.percentile,
+            args.quantize, observer=args.observer, percentile=args.percentile, min_layer_sqnr_db=args.min_layer_sqnr,
             max_accuracy_drop=None if prune is not None else args.max_accuracy_drop,
         )
-    elif args.observer or args.percentile is not None:
-        raise UsageError("--observer and --percentile go with --quantize int8")
+    elif args.observer or args.percentile is not None or args.min_layer_sqnr is not None:
+        raise UsageError("--observer, --percentile and --min-layer-sqnr go with --quantize int8")
     if args.max_accuracy_drop is not None and not (args.prune or args.quantize):
         raise UsageError("--max-accuracy-drop goes with --prune or --quantize (e.g. --prune structured --max-accuracy-drop 1.0)")
     result = compile_model(

@@ -37,6 +37,9 @@ class Int8Static:
     percentile: float = 99.99
     per_channel: bool = True
     max_accuracy_drop: float | None = None
+    # Layers whose estimated int8 SQNR (input and weight rounding noise) is below this
+    # stay in float; None: every layer goes int8.
+    min_layer_sqnr_db: float | None = None
 
     def __post_init__(self):
         if self.observer not in ("minmax", "percentile"):

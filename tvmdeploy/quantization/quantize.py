@@ -48,13 +48,19 @@ def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, pr
     data = calibration or random_calibration(inputs)
     before = model_stats(mod)
     graph = analyze_channels(mod)
-    scales = None
+    scales, layer_sqnr, kept_float = None, None, []
     if isinstance(config, Int8WeightOnly):
         quantized = QuantizeWeightsInt8(per_channel=config.per_channel)(mod)
     else:
         say(f"quantization: calibrating {len(graph.layers)} layers on {data.source} ({config.observer})")
-        scales = calibrate(mod, graph, data.samples, config)
-        quantized = QuantizeLayersInt8(scales, per_channel=config.per_channel)(mod)
+        scales, layer_sqnr = calibrate(mod, graph, data.samples, config)
+        kept_float = sorted(
+            name for name, db in layer_sqnr.items()
+            if config.min_layer_sqnr_db is not None and db < config.min_layer_sqnr_db
+        )
+        quantized = QuantizeLayersInt8(
+            {k: v for k, v in scales.items() if k not in kept_float}, per_channel=config.per_channel
+        )(mod)
 
     reference = HostModel(mod, "measure quantization").run(data.samples)
     outputs = HostModel(quantized, "measure quantization").run(data.samples)
@@ -73,6 +79,8 @@ def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, pr
         "config": {**asdict(config), "type": type(config).__name__, "version": CONFIG_VERSION},
         "layers": [layer.name for layer in graph.layers],
         "activation_scales": None if scales is None else {k: float(v) for k, v in scales.items()},
+        "layer_sqnr_db": layer_sqnr,
+        "kept_float": kept_float,
         "before": before.to_json(),
         "after": after.to_json(),
         "accuracy": accuracy,
@@ -112,17 +120,29 @@ def quantize_qdq_model(mod, inputs, progress=None):
     return quantized, report
 
 
-def calibrate(mod, graph, samples, config: Int8Static) -> dict[str, float]:
-    """Per-tensor scale of every layer's input: max|x| (minmax) or a percentile of |x|."""
+def calibrate(mod, graph, samples, config: Int8Static) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-tensor scale of every layer's input: max|x| (minmax) or a percentile of |x|;
+    and each layer's estimated SQNR in int8: input and weight rounding (and clipping)
+    noise, taken as independent, 1/SQNR = 1/SQNR_input + 1/SQNR_weight."""
+    from ..passes.quantize_int8 import quantize_weight
+
     tapped = _tap_layer_inputs(mod, graph)
     runs = HostModel(tapped, "calibrate activations").run(samples)
-    scales = {}
+    scales, layer_sqnr = {}, {}
     num_outputs = len(runs[0]) - len(graph.layers)
     for i, layer in enumerate(graph.layers):
-        values = np.concatenate([np.abs(r[num_outputs + i]).reshape(-1) for r in runs])
+        x = np.concatenate([r[num_outputs + i].reshape(-1) for r in runs])
+        values = np.abs(x)
         peak = values.max() if config.observer == "minmax" else np.percentile(values, config.percentile)
-        scales[layer.name] = float(peak / 127.0) if peak > 0 else 1.0
-    return scales
+        scale = float(peak / 127.0) if peak > 0 else 1.0
+        scales[layer.name] = scale
+        weight = graph.bindings[layer.slot[0]].value.args[1].value.numpy()
+        q, s_w = quantize_weight(weight, layer.out_axis, config.per_channel)
+        x_db = sqnr_db(x, np.clip(np.round(x / scale), -128, 127) * scale)
+        w_db = sqnr_db(weight, q * s_w)
+        combined = 1.0 / (10 ** (-x_db / 10) + 10 ** (-w_db / 10)) if np.isfinite(x_db) or np.isfinite(w_db) else np.inf
+        layer_sqnr[layer.name] = round(float(10 * np.log10(combined)), 2) if np.isfinite(combined) else None
+    return scales, layer_sqnr
 
 
 def _tap_layer_inputs(mod, graph) -> tvm.ir.IRModule:
