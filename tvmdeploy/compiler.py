@@ -78,7 +78,8 @@ def compile_model(
     scheduled, kernels_from_cache = apply_cached(fused, tvm_target, cache)
 
     # 6. Every CPU kernel still without a schedule gets MetaSchedule's first design-space
-    #    sample (tiled, parallel, vectorized) instead of naive loops.
+    #    sample (tiled, parallel, vectorized) instead of naive loops; every GPU kernel
+    #    dlight's default GPU schedule.
     scheduled, kernels_default = apply_default_schedules(scheduled, tvm_target)
 
     destination = Path(output_dir) if output_dir else DEFAULT_ARTIFACTS_DIR / f"{imported.name}-{preset.name}"
@@ -110,10 +111,11 @@ def compile_model(
             weights="embedded",
             passes=[*imported.import_passes, *graph_passes, *LOWERING_PASSES]
             + (["MetaScheduleApplyDatabase"] if kernels_from_cache else [])
-            + (["DefaultCPUSchedules"] if kernels_default else []),
-            versions=_versions(),
+            + ([_DEFAULT_SCHEDULES_PASS[preset.device]] if kernels_default else []),
+            versions=_versions(preset.device),
             build_seconds=round(time.perf_counter() - started, 3),
             extra={"tuning": tuning},
+            compute_capability=_compute_capability(preset),
         )
         manifest = finalize(staging, destination, manifest)
     return CompileResult(artifact_dir=destination, manifest=manifest)
@@ -157,7 +159,17 @@ def _measured_ms(library: Path, preset, inputs) -> float | None:
     return round(float(np.median(timer(*args).results)) * 1e3, 6)
 
 
-def _versions() -> dict[str, str]:
+_DEFAULT_SCHEDULES_PASS = {"cpu": "DefaultCPUSchedules", "cuda": "DefaultGPUSchedules(dlight)"}
+
+
+def _compute_capability(preset) -> str | None:
+    """The oldest GPU the device code runs on: the preset's arch (its PTX JITs on newer ones)."""
+    from .devices import compute_capability_of_arch
+
+    return compute_capability_of_arch(str(preset.target["arch"])) if preset.device == "cuda" else None
+
+
+def _versions(device: str = "cpu") -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     import onnx
@@ -169,4 +181,8 @@ def _versions() -> dict[str, str]:
         found["tvm-ffi"] = version("apache-tvm-ffi")
     except PackageNotFoundError:  # pragma: no cover - a source build of TVM
         pass
+    if device == "cuda":
+        from .cuda_build import nvcc_version
+
+        found["nvcc"] = nvcc_version() or "unknown"
     return found
