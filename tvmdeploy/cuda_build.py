@@ -113,3 +113,12 @@ def _load_stub_driver() -> None:
         # RTLD_GLOBAL under the driver's soname: the sidecar's DT_NEEDED libcuda.so.1 binds
         # to it. The file may go once it is mapped.
         ctypes.CDLL(str(library), mode=os.RTLD_GLOBAL)
+
+
+def builder_worker_setup(arch: str) -> None:
+    """MetaSchedule builder workers (fresh processes) for a CUDA target: the CUDA factory,
+    nvcc for `arch`, and only the cheap CPU tensor intrinsics (plain CUDA schedules use
+    none; registering the CUDA ones costs ~22 s per worker and times the builds out)."""
+    _tvm.register_tensor_intrinsics("llvm")
+    ensure_cuda_factory()
+    _tvm.use_nvcc_for_cuda(arch)

@@ -205,14 +205,15 @@ class LoadedModel:
         return times
 
 
-def load(path: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> LoadedModel:
+def load(path: str | os.PathLike, device: str | None = None, threads: int | None = None) -> LoadedModel:
     """Verify and load an artifact folder.
 
-    device: "cpu" or "cuda". threads: runtime threads (default: the manifest's, where
-    0 means one per core).
+    device: "cpu" or "cuda" (default: the one it was compiled for). threads: runtime
+    threads (default: the manifest's, where 0 means one per core).
     """
     folder = Path(path)
     manifest = read_manifest(folder)
+    device = device or manifest.device
     verify_files(folder, manifest)
     check_machine(folder, manifest, device)
     return LoadedModel(folder, manifest, device, threads)
