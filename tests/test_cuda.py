@@ -222,3 +222,23 @@ def test_cuda_artifact_refused_on_an_older_gpu(built, gpu):
     artifact, _ = built("mlp", "cuda-sm90")
     with pytest.raises(DeviceUnavailableError, match=r"needs a GPU of compute capability 9.0 or newer"):
         load(artifact)
+
+
+def test_input_names_that_are_not_identifiers(tmp_path):
+    """The ONNX model zoo's ResNet-50 takes "gpu_0/data_0": printed as is, nvcc rejected it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["gpu_0/data_0", "w"], ["y"]), helper.make_node("Relu", ["y"], ["out/1"])],
+        "g",
+        [helper.make_tensor_value_info("gpu_0/data_0", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("out/1", TensorProto.FLOAT, [1, 4])],
+        [w],
+    )
+    path = tmp_path / "slashes.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    m = compile_model(path, "cuda-sm80", output_dir=tmp_path / "a", cache_dir=tmp_path / "c").manifest
+    assert [s.name for s in m.inputs] == ["gpu_0/data_0"] and [s.name for s in m.outputs] == ["out/1"]
+    assert "IdentifierParamNames" in m.passes

@@ -192,7 +192,12 @@ def nvcc_fatbin(code: str, arch: str) -> bytes:
     gencode = ["-gencode", f"arch={virtual},code={arch}", "-gencode", f"arch={virtual},code={virtual}"]
     # compile_cuda reads the major version from the current target (or a local GPU).
     with tvm.target.Target({"kind": "cuda", "arch": arch}):
-        return bytes(nvcc.compile_cuda(code, target_format="fatbin", arch=gencode, compiler="nvcc"))
+        try:
+            return bytes(nvcc.compile_cuda(code, target_format="fatbin", arch=gencode, compiler="nvcc"))
+        except RuntimeError as e:
+            # nvcc's output ends with "N errors detected in ..."; the first error is the one to act on.
+            errors = [line.strip() for line in str(e).splitlines() if ": error" in line or "fatal" in line]
+            raise RuntimeError(f"nvcc failed on TVM's generated CUDA for {arch}: {errors[0] if errors else e}") from None
 
 
 CUDA_COMPILE_CALLBACK = "tvm_callback_cuda_compile"

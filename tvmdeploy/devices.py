@@ -35,45 +35,47 @@ class CudaStatus:
     reason: str | None = None  # why not available (one line)
 
 
+_ADVICE = "run it on a machine with an NVIDIA GPU and its driver, or compile for a CPU preset (e.g. --target host)"
+
+
 def load_cuda_runtime() -> None:
     """Make TVM's CUDA runtime available in this process (idempotent).
 
     Raises DeviceUnavailableError when the NVIDIA driver or the sidecar is missing.
     """
+    problem = _load_sidecar()
+    if problem is not None:
+        raise DeviceUnavailableError(f"{problem}; {_ADVICE}")
+
+
+def _load_sidecar() -> str | None:
+    """None once TVM's CUDA runtime is loaded, else why it cannot be (one line)."""
     import tvm
 
     if tvm.get_global_func(_CUDA_LOADER, allow_missing=True) is not None:
-        return
+        return None
     sidecar = Path(tvm.__file__).resolve().parent / "lib" / _SIDECAR
     if not sidecar.is_file():
-        raise DeviceUnavailableError(
-            f"this TVM installation has no CUDA runtime ({sidecar} is missing); install a CUDA-enabled apache-tvm"
-        )
+        return f"this TVM installation has no CUDA runtime ({sidecar} is missing; install a CUDA-enabled apache-tvm)"
     try:
         # RTLD_LOCAL like TVM's own loader: the sidecar only registers functions.
         ctypes.CDLL(str(sidecar), mode=os.RTLD_LOCAL)
     except OSError as e:
         if "libcuda.so" in str(e):
-            raise DeviceUnavailableError(
-                "this machine has no NVIDIA driver (libcuda.so.1 not found); run it on a machine with an "
-                "NVIDIA GPU and its driver, or compile for a CPU preset (e.g. --target host)"
-            ) from None
+            return "this machine has no NVIDIA driver (libcuda.so.1 not found)"
         if "libcudart" in str(e):
-            raise DeviceUnavailableError(
-                f"the CUDA runtime library is missing ({e}); install the CUDA runtime "
-                f"(e.g. pip install nvidia-cuda-runtime) matching the TVM wheel"
-            ) from None
-        raise DeviceUnavailableError(f"cannot load TVM's CUDA runtime {sidecar}: {e}") from None
+            return f"the CUDA runtime library is missing ({e}; e.g. pip install nvidia-cuda-runtime)"
+        return f"TVM's CUDA runtime {sidecar} cannot be loaded ({e})"
     if tvm.get_global_func(_CUDA_LOADER, allow_missing=True) is None:  # pragma: no cover
-        raise DeviceUnavailableError(f"{sidecar} loaded but registered no CUDA module loader")
+        return f"{sidecar} loaded but registered no CUDA module loader"
+    return None
 
 
 def cuda_status() -> CudaStatus:
     """Whether device cuda:0 can run code here, without raising."""
-    try:
-        load_cuda_runtime()
-    except DeviceUnavailableError as e:
-        return CudaStatus(False, reason=str(e))
+    problem = _load_sidecar()
+    if problem is not None:
+        return CudaStatus(False, reason=problem)
     import tvm
 
     device = tvm.runtime.cuda(0)
@@ -92,7 +94,7 @@ def require_cuda(min_compute_capability: str | None, what: str) -> CudaStatus:
     """
     status = cuda_status()
     if not status.available:
-        raise DeviceUnavailableError(f"{what} needs a CUDA GPU, but {status.reason}")
+        raise DeviceUnavailableError(f"{what} needs a CUDA GPU, but {status.reason}; {_ADVICE}")
     if min_compute_capability and _version(status.compute_capability) < _version(min_compute_capability):
         raise DeviceUnavailableError(
             f"{what} needs a GPU of compute capability {min_compute_capability} or newer, but "
