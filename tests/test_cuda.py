@@ -162,6 +162,33 @@ def test_runtime_only_loader_without_a_driver(built):
     assert "compiler loaded: False" in out.stdout
 
 
+@pytest.mark.skipif(_has_driver(), reason="this machine has an NVIDIA driver")
+def test_runtime_only_loader_with_a_driver_but_no_gpu(built, tmp_path):
+    """The deployment path on a GPU machine, as far as this one goes: with a driver (the
+    stub the build uses) the loader brings up TVM's CUDA runtime without the compiler, the
+    artifact's compiled CUDA module deserializes, and the refusal names the missing GPU."""
+    artifact, _ = built("mlp", "cuda-sm80")
+    script = (
+        "import ctypes, os, pathlib\n"
+        "from tvmdeploy.cuda_stub import build_stub_driver\n"
+        f"ctypes.CDLL(str(build_stub_driver(pathlib.Path({str(tmp_path)!r}))), mode=os.RTLD_GLOBAL)\n"
+        "import tvm, tvmdeploy.runtime as rt\n"
+        "from tvmdeploy.errors import DeviceUnavailableError\n"
+        "try:\n"
+        f"    rt.load({str(artifact)!r})\n"
+        "except DeviceUnavailableError as e:\n"
+        "    print('refused:', e)\n"
+        f"lib = tvm.runtime.load_module({str(artifact / 'model.so')!r})\n"
+        "print('kinds:', sorted(j.kind for i in lib.imports for j in i.imports))\n"
+        "print('compiler loaded:', 'libtvm_compiler' in open('/proc/self/maps').read())\n"
+    )
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "refused: " in out.stdout and "but the NVIDIA driver reports no GPU" in out.stdout
+    assert "kinds: ['cuda']" in out.stdout and "compiler loaded: False" in out.stdout
+
+
 def test_cli_run_refuses_with_one_line(built):
     if cuda_status().available:
         pytest.skip("this machine has a CUDA GPU")

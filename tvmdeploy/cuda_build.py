@@ -9,9 +9,7 @@ to compile every kernel when loading the artifact, with nvcc or NVRTC and TVM's
 compiler-side Python, which a thin runtime must not need. So for a CUDA build:
 
 1. The real factory is made present: the sidecar is loaded, and where there is no driver,
-   against a stub libcuda.so.1 built here from the nine driver entry points the sidecar
-   links (each returns CUDA_ERROR_STUB_LIBRARY; compiling never calls them). This is
-   what NVIDIA's own lib64/stubs/libcuda.so is for, which this toolkit install lacks.
+   against a stub libcuda.so.1 (cuda_stub.py).
 2. Kernels are compiled ahead of time with nvcc into a fatbin (SASS for the preset's
    arch plus its PTX), through our callback for the duration of the build.
 """
@@ -19,34 +17,15 @@ compiler-side Python, which a thin runtime must not need. So for a CUDA build:
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import re
 import shutil
 import subprocess
-import tempfile
-from pathlib import Path
 from typing import Iterator
 
 from . import _tvm
+from .cuda_stub import driver_present, load_stub_driver
 from .devices import load_cuda_runtime
 from .errors import BuildError, DeviceUnavailableError
-
-_STUB_SOURCE = r"""
-/* Stub NVIDIA driver: the entry points libtvm_runtime_cuda.so links. Never called while
-   compiling; if anything does call one, it fails with CUDA_ERROR_STUB_LIBRARY (34). */
-typedef int CUresult;
-static const char *kName = "CUDA_ERROR_STUB_LIBRARY";
-CUresult cuDeviceGetName(char *n, int l, int d) { return 34; }
-CUresult cuFuncSetAttribute(void *f, int a, int v) { return 34; }
-CUresult cuGetErrorName(CUresult e, const char **s) { *s = kName; return 0; }
-CUresult cuGetErrorString(CUresult e, const char **s) { *s = kName; return 0; }
-CUresult cuLaunchKernelEx(const void *c, void *f, void **a, void **x) { return 34; }
-CUresult cuModuleGetFunction(void **f, void *m, const char *n) { return 34; }
-CUresult cuModuleLoadData(void **m, const void *i) { return 34; }
-CUresult cuModuleUnload(void *m) { return 34; }
-CUresult cuTensorMapEncodeTiled(void *t, ...) { return 34; }
-"""
 
 
 @contextlib.contextmanager
@@ -82,37 +61,10 @@ def ensure_cuda_factory() -> None:
         load_cuda_runtime()
         return
     except DeviceUnavailableError:
-        if _driver_present():
+        if driver_present():
             raise  # a driver, but the sidecar fails for another reason: say that one
-    _load_stub_driver()
+    load_stub_driver()
     load_cuda_runtime()
-
-
-def _driver_present() -> bool:
-    try:
-        ctypes.CDLL("libcuda.so.1")
-        return True
-    except OSError:
-        return False
-
-
-def _load_stub_driver() -> None:
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise BuildError("building CUDA code without an NVIDIA driver needs a C compiler (cc) for a stub driver")
-    with tempfile.TemporaryDirectory(prefix="tvmdeploy-cuda-stub-") as tmp:
-        source, library = Path(tmp) / "stub.c", Path(tmp) / "libcuda.so.1"
-        source.write_text(_STUB_SOURCE)
-        result = subprocess.run(
-            [compiler, "-shared", "-fPIC", "-O1", "-Wl,-soname,libcuda.so.1", "-o", str(library), str(source)],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            raise BuildError(f"building the stub CUDA driver failed: {result.stderr.strip()[-300:]}")
-        # RTLD_GLOBAL under the driver's soname: the sidecar's DT_NEEDED libcuda.so.1 binds
-        # to it. The file may go once it is mapped.
-        ctypes.CDLL(str(library), mode=os.RTLD_GLOBAL)
 
 
 def builder_worker_setup(arch: str) -> None:

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cuda_stub import stub_loaded
 from .errors import DeviceUnavailableError
 
 _SIDECAR = "libtvm_runtime_cuda.so"
@@ -35,6 +36,7 @@ class CudaStatus:
     reason: str | None = None  # why not available (one line)
 
 
+_NO_DRIVER = "this machine has no NVIDIA driver (libcuda.so.1 not found)"
 _ADVICE = "run it on a machine with an NVIDIA GPU and its driver, or compile for a CPU preset (e.g. --target host)"
 
 
@@ -62,7 +64,7 @@ def _load_sidecar() -> str | None:
         ctypes.CDLL(str(sidecar), mode=os.RTLD_LOCAL)
     except OSError as e:
         if "libcuda.so" in str(e):
-            return "this machine has no NVIDIA driver (libcuda.so.1 not found)"
+            return _NO_DRIVER
         if "libcudart" in str(e):
             return f"the CUDA runtime library is missing ({e}; e.g. pip install nvidia-cuda-runtime)"
         return f"TVM's CUDA runtime {sidecar} cannot be loaded ({e})"
@@ -76,6 +78,8 @@ def cuda_status() -> CudaStatus:
     problem = _load_sidecar()
     if problem is not None:
         return CudaStatus(False, reason=problem)
+    if stub_loaded():  # this process compiled CUDA code against the stub driver
+        return CudaStatus(False, reason=_NO_DRIVER)
     import tvm
 
     device = tvm.runtime.cuda(0)
