@@ -269,3 +269,27 @@ def test_input_names_that_are_not_identifiers(tmp_path):
     m = compile_model(path, "cuda-sm80", output_dir=tmp_path / "a", cache_dir=tmp_path / "c").manifest
     assert [s.name for s in m.inputs] == ["gpu_0/data_0"] and [s.name for s in m.outputs] == ["out/1"]
     assert "IdentifierParamNames" in m.passes
+
+
+def test_presets_are_tunable_without_a_gpu():
+    """What tuning does before it measures: MetaSchedule's CUDA design spaces (tensor-core
+    rules included) for every kernel, valid after its postprocessors. A CUDA target
+    without max_threads_per_block fails here ("missing attribute")."""
+    from tvmdeploy import _tvm
+    from tvmdeploy.frontend import import_model
+    from tvmdeploy.optimize import optimize_graph
+    from tvmdeploy.presets import load_preset, resolve_preset
+    from tvmdeploy.tuning.tuner import lower_for_tuning
+
+    _, target = resolve_preset(load_preset("cuda-sm80"))
+    fused = lower_for_tuning(optimize_graph(import_model(MODELS / "mlp.onnx").mod)[0])
+    _tvm.register_tensor_intrinsics("cuda")  # as the tuner does (~25 s, once per process)
+    tasks = _tvm.ms.relax_integration.extract_tasks(fused, target)
+    assert len(tasks) == 3
+    for task in tasks:
+        context = _tvm.ms.TuneContext(
+            mod=task.dispatched[0], target=target, space_generator="post-order-apply",
+            search_strategy="replay-trace", num_threads=2, rand_state=1,
+        )
+        spaces = context.generate_design_space()
+        assert spaces and all(p.apply(spaces[0]) for p in context.space_generator.postprocs), task.task_name
