@@ -271,25 +271,35 @@ def test_input_names_that_are_not_identifiers(tmp_path):
     assert "IdentifierParamNames" in m.passes
 
 
-def test_presets_are_tunable_without_a_gpu():
-    """What tuning does before it measures: MetaSchedule's CUDA design spaces (tensor-core
-    rules included) for every kernel, valid after its postprocessors. A CUDA target
-    without max_threads_per_block fails here ("missing attribute")."""
+def test_tuning_records_apply_to_cuda_builds(tmp_path):
+    """Everything of tuning but the measuring, which needs a GPU: MetaSchedule's CUDA design
+    spaces (tensor-core rules included) for every kernel, valid after its postprocessors
+    (a CUDA target without max_threads_per_block fails here); then records as a GPU
+    tuning run writes them (these schedules, made-up times) scheduling the build."""
     from tvmdeploy import _tvm
     from tvmdeploy.frontend import import_model
     from tvmdeploy.optimize import optimize_graph
     from tvmdeploy.presets import load_preset, resolve_preset
-    from tvmdeploy.tuning.tuner import lower_for_tuning
+    from tvmdeploy.tuning.cache import TargetCache
+    from tvmdeploy.tuning.tuner import _load_database, lower_for_tuning
 
+    ms = _tvm.ms
     _, target = resolve_preset(load_preset("cuda-sm80"))
     fused = lower_for_tuning(optimize_graph(import_model(MODELS / "mlp.onnx").mod)[0])
     _tvm.register_tensor_intrinsics("cuda")  # as the tuner does (~25 s, once per process)
-    tasks = _tvm.ms.relax_integration.extract_tasks(fused, target)
+    tasks = ms.relax_integration.extract_tasks(fused, target)
     assert len(tasks) == 3
+    database = _load_database(TargetCache.open(_tvm.target_to_dict(target), _tvm.TVM_VERSION, tmp_path).folder)
     for task in tasks:
-        context = _tvm.ms.TuneContext(
+        context = ms.TuneContext(
             mod=task.dispatched[0], target=target, space_generator="post-order-apply",
             search_strategy="replay-trace", num_threads=2, rand_state=1,
         )
         spaces = context.generate_design_space()
         assert spaces and all(p.apply(spaces[0]) for p in context.space_generator.postprocs), task.task_name
+        workload = database.commit_workload(task.dispatched[0])
+        database.commit_tuning_record(ms.database.TuningRecord(spaces[0].trace, workload, run_secs=[1e-4], target=target))
+    m = compile_model(MODELS / "mlp.onnx", "cuda-sm80", output_dir=tmp_path / "a", cache_dir=tmp_path).manifest
+    assert m.extra["tuning"]["kernels_scheduled_from_cache"] == 3 and m.extra["tuning"]["kernels_default_schedule"] == 0
+    assert "MetaScheduleApplyDatabase" in m.passes
+    assert set(fatbin_entries((tmp_path / "a" / m.library).read_bytes())) == {("elf", 80), ("ptx", 80)}
