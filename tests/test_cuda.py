@@ -24,7 +24,7 @@ from tvmdeploy.devices import compute_capability_of_arch, cuda_status
 from tvmdeploy.errors import DeviceUnavailableError, PresetError, TvmDeployError
 from tvmdeploy.runtime import load, read_manifest
 
-pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not on PATH")
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not on PATH")
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = {"cuda-sm80": 80, "cuda-sm90": 90}
@@ -53,6 +53,8 @@ def _has_driver() -> bool:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """(model, preset) -> (artifact folder, model path); each built once, on first use."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc (CUDA toolkit) is not on PATH: CUDA artifacts cannot be built")
     root = tmp_path_factory.mktemp("cuda")
     cache: dict = {}
 
@@ -251,6 +253,7 @@ def test_cuda_artifact_refused_on_an_older_gpu(built, gpu):
         load(artifact)
 
 
+@needs_nvcc
 def test_input_names_that_are_not_identifiers(tmp_path):
     """The ONNX model zoo's ResNet-50 takes "gpu_0/data_0": printed as is, nvcc rejected it."""
     import onnx
@@ -271,6 +274,7 @@ def test_input_names_that_are_not_identifiers(tmp_path):
     assert "IdentifierParamNames" in m.passes
 
 
+@needs_nvcc
 def test_tuning_records_apply_to_cuda_builds(tmp_path):
     """Everything of tuning but the measuring, which needs a GPU: MetaSchedule's CUDA design
     spaces (tensor-core rules included) for every kernel, valid after its postprocessors
