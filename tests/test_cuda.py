@@ -279,13 +279,18 @@ def test_tuning_records_apply_to_cuda_builds(tmp_path):
     """Everything of tuning but the measuring, which needs a GPU: MetaSchedule's CUDA design
     spaces (tensor-core rules included) for every kernel, valid after its postprocessors
     (a CUDA target without max_threads_per_block fails here); then records as a GPU
-    tuning run writes them (these schedules, made-up times) scheduling the build."""
+    tuning run writes them (these schedules, made-up times) scheduling the build. The
+    tuner's builder compiles the candidates too; only the runner needs the GPU."""
     from tvmdeploy import _tvm
     from tvmdeploy.frontend import import_model
     from tvmdeploy.optimize import optimize_graph
     from tvmdeploy.presets import load_preset, resolve_preset
     from tvmdeploy.tuning.cache import TargetCache
-    from tvmdeploy.tuning.tuner import _load_database, lower_for_tuning
+    from tvmdeploy.tuning.tuner import (
+        _builder_initializer,
+        _load_database,
+        lower_for_tuning,
+    )
 
     ms = _tvm.ms
     _, target = resolve_preset(load_preset("cuda-sm80"))
@@ -294,6 +299,7 @@ def test_tuning_records_apply_to_cuda_builds(tmp_path):
     tasks = ms.relax_integration.extract_tasks(fused, target)
     assert len(tasks) == 3
     database = _load_database(TargetCache.open(_tvm.target_to_dict(target), _tvm.TVM_VERSION, tmp_path).folder)
+    candidates = []
     for task in tasks:
         context = ms.TuneContext(
             mod=task.dispatched[0], target=target, space_generator="post-order-apply",
@@ -301,8 +307,15 @@ def test_tuning_records_apply_to_cuda_builds(tmp_path):
         )
         spaces = context.generate_design_space()
         assert spaces and all(p.apply(spaces[0]) for p in context.space_generator.postprocs), task.task_name
+        candidates.append(ms.builder.BuilderInput(spaces[0].mod, target))
         workload = database.commit_workload(task.dispatched[0])
         database.commit_tuning_record(ms.database.TuningRecord(spaces[0].trace, workload, run_secs=[1e-4], target=target))
+    # The tuner's builder (a fresh worker process: stub driver, nvcc) compiles the candidates.
+    builder = ms.builder.LocalBuilder(
+        f_build=_tvm.metaschedule_build, initializer=_builder_initializer(target), max_workers=1, timeout_sec=120
+    )
+    for result in builder.build(candidates):
+        assert result.error_msg is None and Path(result.artifact_path).is_file(), result.error_msg
     m = compile_model(MODELS / "mlp.onnx", "cuda-sm80", output_dir=tmp_path / "a", cache_dir=tmp_path).manifest
     assert m.extra["tuning"]["kernels_scheduled_from_cache"] == 3 and m.extra["tuning"]["kernels_default_schedule"] == 0
     assert "MetaScheduleApplyDatabase" in m.passes

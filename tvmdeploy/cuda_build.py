@@ -24,8 +24,8 @@ from typing import Iterator
 
 from . import _tvm
 from .cuda_stub import driver_present, load_stub_driver
-from .devices import load_cuda_runtime
-from .errors import BuildError, DeviceUnavailableError
+from .devices import cuda_runtime_problem
+from .errors import BuildError
 
 
 @contextlib.contextmanager
@@ -57,20 +57,19 @@ def nvcc_version() -> str | None:
 
 def ensure_cuda_factory() -> None:
     """Load TVM's CUDA runtime, against a stub driver if this machine has none (idempotent)."""
-    try:
-        load_cuda_runtime()
-        return
-    except DeviceUnavailableError:
-        if driver_present():
-            raise  # a driver, but the sidecar fails for another reason: say that one
-    load_stub_driver()
-    load_cuda_runtime()
+    problem = cuda_runtime_problem()
+    if problem is not None and not driver_present():
+        load_stub_driver()
+        problem = cuda_runtime_problem()
+    if problem is not None:
+        raise BuildError(f"compiling CUDA kernels needs TVM's CUDA runtime, but {problem}")
 
 
 def builder_worker_setup(arch: str) -> None:
-    """MetaSchedule builder workers (fresh processes) for a CUDA target: the CUDA factory,
-    nvcc for `arch`, and only the cheap CPU tensor intrinsics (plain CUDA schedules use
-    none; registering the CUDA ones costs ~22 s per worker and times the builds out)."""
+    """MetaSchedule builder workers (fresh processes) for a CUDA target: the CUDA factory
+    and nvcc for `arch`. Of the tensor intrinsics only the cheap CPU ones: a candidate
+    arrives already tensorized (postprocessors run in the tuning process), and registering
+    the CUDA ones costs ~22 s per worker, which times the builds out."""
     _tvm.register_tensor_intrinsics("llvm")
     ensure_cuda_factory()
     _tvm.use_nvcc_for_cuda(arch)

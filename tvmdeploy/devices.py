@@ -45,13 +45,13 @@ def load_cuda_runtime() -> None:
 
     Raises DeviceUnavailableError when the NVIDIA driver or the sidecar is missing.
     """
-    problem = _load_sidecar()
+    problem = cuda_runtime_problem()
     if problem is not None:
         raise DeviceUnavailableError(f"{problem}; {_ADVICE}")
 
 
-def _load_sidecar() -> str | None:
-    """None once TVM's CUDA runtime is loaded, else why it cannot be (one line)."""
+def cuda_runtime_problem() -> str | None:
+    """Load TVM's CUDA runtime: None once it is loaded, else why it cannot be (one line)."""
     import tvm
 
     if tvm.get_global_func(_CUDA_LOADER, allow_missing=True) is not None:
@@ -75,7 +75,7 @@ def _load_sidecar() -> str | None:
 
 def cuda_status() -> CudaStatus:
     """Whether device cuda:0 can run code here, without raising."""
-    problem = _load_sidecar()
+    problem = cuda_runtime_problem()
     if problem is not None:
         return CudaStatus(False, reason=problem)
     if stub_loaded():  # this process compiled CUDA code against the stub driver
