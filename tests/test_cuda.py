@@ -208,6 +208,19 @@ def test_cli_run_refuses_with_one_line(built):
     assert "Traceback" not in out.stderr
 
 
+def test_cli_inspect_works_without_a_gpu(built):
+    artifact, _ = built("mlp", "cuda-sm80")
+    out = subprocess.run(
+        [sys.executable, "-m", "tvmdeploy.cli", "inspect", str(artifact)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "kind=cuda, arch=sm_80" in out.stdout and "gpu:     compute capability 8.0 or newer" in out.stdout
+
+
 def test_tuning_needs_a_gpu():
     if cuda_status().available:
         pytest.skip("this machine has a CUDA GPU")
