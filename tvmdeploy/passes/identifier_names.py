@@ -18,6 +18,10 @@ from tvm.relax.transform import function_pass
 _NOT_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]")
 
 
+def is_identifier(name: str) -> bool:
+    return bool(name) and not name[0].isdigit() and _NOT_IDENTIFIER.search(name) is None
+
+
 def identifier(name: str, taken: set[str]) -> str:
     """`name` with every other character replaced by "_", not starting with a digit, unique."""
     base = _NOT_IDENTIFIER.sub("_", name) or "input"
@@ -32,13 +36,12 @@ def identifier(name: str, taken: set[str]) -> str:
 @function_pass(opt_level=0)
 class IdentifierParamNames:
     def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
-        names = [p.name for p in func.params]
-        if all(_NOT_IDENTIFIER.search(n) is None and n and not n[0].isdigit() for n in names):
+        if all(is_identifier(p.name) for p in func.params):
             return func
-        taken = {n for n in names if _NOT_IDENTIFIER.search(n) is None and n and not n[0].isdigit()}
+        taken = {p.name for p in func.params if is_identifier(p.name)}
         renamed = {}
         for param in func.params:
-            if param.name not in taken:
+            if not is_identifier(param.name):
                 new_name = identifier(param.name, taken)
                 taken.add(new_name)
                 renamed[param] = relax.Var(new_name, param.ty)
@@ -47,4 +50,4 @@ class IdentifierParamNames:
         return relax.Function(params, bound.body, func.ret_ty, func.is_pure, func.attrs, func.span)
 
 
-__all__ = ["IdentifierParamNames", "identifier"]
+__all__ = ["IdentifierParamNames", "identifier", "is_identifier"]
