@@ -40,13 +40,19 @@ def test_every_conv_kernel_gets_a_parallel_vectorized_schedule():
     )
 
 
-def test_gpu_targets_are_left_to_dlight():
+def test_gpu_targets_get_dlight_schedules():
+    import tvm
+
     from tvmdeploy.presets import load_preset, resolve_preset
     from tvmdeploy.tuning.default_schedule import apply_default_schedules
 
     fused, _ = _kernels(MODELS / "mlp.onnx")
     _, cuda = resolve_preset(load_preset("cuda-sm80"))
-    assert apply_default_schedules(fused, cuda)[1] == 0
+    scheduled, count = apply_default_schedules(fused, cuda)
+    kernels = [(gv, f) for gv, f in scheduled.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert count == len(kernels) == 3
+    for gv, func in kernels:  # bound to GPU threads: no "Did you forget to bind?" at codegen
+        assert func.attrs["tirx.is_scheduled"] and "threadIdx.x" in func.script(), gv.name_hint
 
 
 def test_default_scheduled_artifact_matches_onnxruntime(tmp_path):

@@ -9,6 +9,7 @@ Never import this module from `tvmdeploy.runtime`: it loads libtvm_compiler.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import platform
@@ -17,6 +18,7 @@ import types
 from typing import Any, Callable
 
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import codegen as _llvm_codegen
@@ -177,19 +179,76 @@ def metaschedule_build(mod, target, _params):
     return tvm_build(mod, target=target)
 
 
+def nvcc_fatbin(code: str, arch: str) -> bytes:
+    """CUDA C++ -> fatbin with SASS for `arch` (e.g. sm_80) and its PTX, with nvcc.
+
+    The PTX lets a newer GPU (e.g. sm_90 for an sm_80 build) JIT the kernels; the SASS
+    saves the JIT on the preset's own GPU. TVM's default compile callback uses NVRTC
+    through the optional `cuda-bindings` package and the arch of a GPU in this machine.
+    """
+    from tvm.support import nvcc
+
+    virtual = arch.replace("sm_", "compute_")
+    gencode = ["-gencode", f"arch={virtual},code={arch}", "-gencode", f"arch={virtual},code={virtual}"]
+    # compile_cuda reads the major version from the current target (or a local GPU).
+    with tvm.target.Target({"kind": "cuda", "arch": arch}):
+        try:
+            return bytes(nvcc.compile_cuda(code, target_format="fatbin", arch=gencode, compiler="nvcc"))
+        except RuntimeError as e:
+            # nvcc's output ends with "N errors detected in ..."; the first error is the one to act on.
+            errors = [line.strip() for line in str(e).splitlines() if ": error" in line or "fatal" in line]
+            raise RuntimeError(f"nvcc failed on TVM's generated CUDA for {arch}: {errors[0] if errors else e}") from None
+
+
+CUDA_COMPILE_CALLBACK = "tvm_callback_cuda_compile"
+
+
+def use_nvcc_for_cuda(arch: str):
+    """Make TVM compile CUDA kernels with nvcc_fatbin for `arch`; returns the previous callback."""
+    previous = tvm_ffi.get_global_func(CUDA_COMPILE_CALLBACK, allow_missing=True)
+    tvm_ffi.register_global_func(CUDA_COMPILE_CALLBACK, functools.partial(nvcc_fatbin, arch=arch), override=True)
+    return previous
+
+
+@contextlib.contextmanager
+def nvcc_for_cuda(arch: str):
+    previous = use_nvcc_for_cuda(arch)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            tvm_ffi.register_global_func(CUDA_COMPILE_CALLBACK, previous, override=True)
+
+
+def dlight_gpu_default_schedule():
+    """The pass that gives every unscheduled GPU kernel dlight's default schedule.
+
+    The same rules, in the same order, as TVM's cuda pipeline (relax/backend/cuda/pipeline.py).
+    """
+    from tvm.s_tir import dlight as dl
+
+    return dl.ApplyDefaultSchedule(
+        dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+    )
+
+
 __all__ = [
     "TVM_VERSION",
     "cross_compiler",
     "detect_host",
+    "dlight_gpu_default_schedule",
     "is_valid_llvm_cpu",
     "estimate_flops",
     "make_target",
     "metaschedule_build",
     "native_stderr_to",
+    "nvcc_fatbin",
+    "nvcc_for_cuda",
     "ms",
     "register_tensor_intrinsics",
     "relax",
     "required_cpu_flags",
     "target_to_dict",
+    "use_nvcc_for_cuda",
     "tvm",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,10 @@ def build_library(mod: tvm.ir.IRModule, target: tvm.target.Target, preset: Prese
     """Compile `mod` for `target` and write the library for `preset` to `path`."""
     fcompile = _export_compiler(preset)  # checked before the (slow) compile
     try:
-        executable = tvm.compile(mod, target=target)
+        with _device_codegen(target, preset):
+            executable = tvm.compile(mod, target=target)
+    except BuildError:
+        raise
     except Exception as e:
         raise BuildError(f"TVM failed to compile the model for {preset.name}: {summarize_exception(e)}") from e
     try:
@@ -30,6 +34,15 @@ def build_library(mod: tvm.ir.IRModule, target: tvm.target.Target, preset: Prese
             executable.export_library(str(path), fcompile=fcompile)
     except Exception as e:
         raise BuildError(f"exporting the library for {preset.name} failed: {summarize_exception(e)}") from e
+
+
+def _device_codegen(target: tvm.target.Target, preset: Preset):
+    """GPU targets: kernels compiled ahead of time into the library (see cuda_build)."""
+    if target.kind.name != "cuda":
+        return contextlib.nullcontext()
+    from .cuda_build import cuda_codegen
+
+    return cuda_codegen(str(target.attrs["arch"]), preset.name)
 
 
 def _export_compiler(preset: Preset):

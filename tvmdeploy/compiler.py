@@ -120,7 +120,8 @@ def compile_model(
     scheduled, kernels_from_cache = apply_cached(fused, tvm_target, cache)
 
     # 7. Every CPU kernel still without a schedule gets MetaSchedule's first design-space
-    #    sample (tiled, parallel, vectorized) instead of naive loops.
+    #    sample (tiled, parallel, vectorized) instead of naive loops; every GPU kernel
+    #    dlight's default GPU schedule.
     scheduled, kernels_default = apply_default_schedules(scheduled, tvm_target)
 
     destination = Path(output_dir) if output_dir else DEFAULT_ARTIFACTS_DIR / f"{imported.name}-{preset.name}"
@@ -167,14 +168,15 @@ def compile_model(
             )
             + [*LOWERING_PASSES]
             + (["MetaScheduleApplyDatabase"] if kernels_from_cache else [])
-            + (["DefaultCPUSchedules"] if kernels_default else []),
-            versions=_versions(),
+            + ([_DEFAULT_SCHEDULES_PASS[preset.device]] if kernels_default else []),
+            versions=_versions(preset.device),
             build_seconds=round(time.perf_counter() - started, 3),
             extra={
                 "tuning": tuning,
                 **({"pruning": pruning} if pruning is not None else {}),
                 **({"quantization": quantization} if quantization is not None else {}),
             },
+            compute_capability=_compute_capability(preset),
         )
         manifest = finalize(staging, destination, manifest)
     return CompileResult(artifact_dir=destination, manifest=manifest)
@@ -219,7 +221,17 @@ def _measured_ms(library: Path, preset, inputs, weights=None) -> float | None:
     return round(float(np.median(timer(*args).results)) * 1e3, 6)
 
 
-def _versions() -> dict[str, str]:
+_DEFAULT_SCHEDULES_PASS = {"cpu": "DefaultCPUSchedules", "cuda": "DefaultGPUSchedules(dlight)"}
+
+
+def _compute_capability(preset) -> str | None:
+    """The oldest GPU the device code runs on: the preset's arch (its PTX JITs on newer ones)."""
+    from .devices import compute_capability_of_arch
+
+    return compute_capability_of_arch(str(preset.target["arch"])) if preset.device == "cuda" else None
+
+
+def _versions(device: str = "cpu") -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     import onnx
@@ -231,4 +243,8 @@ def _versions() -> dict[str, str]:
         found["tvm-ffi"] = version("apache-tvm-ffi")
     except PackageNotFoundError:  # pragma: no cover - a source build of TVM
         pass
+    if device == "cuda":
+        from .cuda_build import nvcc_version
+
+        found["nvcc"] = nvcc_version() or "unknown"
     return found

@@ -26,6 +26,10 @@ class ArtifactError(TvmDeployError):
     """An artifact is missing, tampered with, or not runnable on this machine."""
 
 
+class DeviceUnavailableError(ArtifactError):
+    """The device an artifact (or tuning) needs is absent: no GPU, no driver, too old a GPU."""
+
+
 class InputMismatchError(TvmDeployError):
     """Inputs given at run time do not match what the artifact was compiled for."""
 

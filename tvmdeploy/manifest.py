@@ -52,6 +52,7 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # later stages' provenance
+    compute_capability: str | None = None  # device "cuda": the oldest GPU it runs on ("8.0")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"

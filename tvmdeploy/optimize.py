@@ -15,7 +15,7 @@ import tvm
 from tvm import relax
 
 from .errors import BuildError, summarize_exception
-from .passes import FoldConvChannelAffine
+from .passes import FoldConvChannelAffine, IdentifierParamNames
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class GraphPass:
 # per-channel arithmetic, which FoldConvChannelAffine folds into the conv weights and one
 # bias (CanonicalizeBindings first drops the BN's leftover tuple, which blocks fusion).
 GRAPH_PASSES: tuple[GraphPass, ...] = (
+    GraphPass("IdentifierParamNames", IdentifierParamNames),  # "gpu_0/data_0" breaks CUDA codegen
     GraphPass("FoldConstant", relax.transform.FoldConstant),
     GraphPass("FoldBatchnormToConv2D", relax.transform.FoldBatchnormToConv2D),
     GraphPass("DecomposeOpsForInference", relax.transform.DecomposeOpsForInference),

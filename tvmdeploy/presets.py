@@ -133,6 +133,8 @@ def parse_preset_file(path: Path) -> Preset:
             f"preset file {path}: target kind '{target['kind']}' is not supported "
             f"(supported: {', '.join(sorted(_DEVICE_OF_KIND))})"
         )
+    if target["kind"] == "cuda" and not str(target.get("arch", "")).startswith("sm_"):
+        raise PresetError(f"preset file {path}: a cuda target needs an 'arch' such as \"sm_80\" (the GPU generation)")
     host = data.get("host")
     if host is not None and (not isinstance(host, dict) or host.get("kind") != "llvm"):
         raise PresetError(f"preset file {path}: [host] must be an llvm target table")

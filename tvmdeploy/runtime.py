@@ -5,7 +5,8 @@ compiler library out of a deployment process, set TVM_USE_RUNTIME_LIB=1 before t
 first `import tvm` (the `tvmdeploy run` command does).
 
 Before any code from the artifact is loaded, the loader checks every file's hash
-against the manifest, the CPU architecture and instruction-set flags, and the device.
+against the manifest, the CPU architecture and instruction-set flags, and the device
+(for CUDA: driver, GPU, compute capability; see devices.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .devices import require_cuda
 from .errors import ArtifactError, InputMismatchError
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, TensorSpec, sha256_file
 from .weights_file import read_weights
@@ -113,6 +115,8 @@ class LoadedModel:
         self.inputs: list[TensorSpec] = list(manifest.inputs)
         self.outputs: list[TensorSpec] = list(manifest.outputs)
         self._tvm = tvm
+        if device == "cuda":  # driver, GPU and its compute capability; loads TVM's CUDA runtime
+            require_cuda(manifest.compute_capability, f"{folder} (preset {manifest.preset})")
         self._device = tvm.runtime.device(device, 0)
         if device != "cpu" and not self._device.exist:
             raise ArtifactError(
@@ -212,14 +216,15 @@ class LoadedModel:
         return times
 
 
-def load(path: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> LoadedModel:
+def load(path: str | os.PathLike, device: str | None = None, threads: int | None = None) -> LoadedModel:
     """Verify and load an artifact folder.
 
-    device: "cpu" or "cuda". threads: runtime threads (default: the manifest's, where
-    0 means one per core).
+    device: "cpu" or "cuda" (default: the one it was compiled for). threads: runtime
+    threads (default: the manifest's, where 0 means one per core).
     """
     folder = Path(path)
     manifest = read_manifest(folder)
+    device = device or manifest.device
     verify_files(folder, manifest)
     check_machine(folder, manifest, device)
     return LoadedModel(folder, manifest, device, threads)

@@ -386,6 +386,8 @@ def _cmd_inspect(args) -> int:
         print(f"  inputs:  {', '.join(s.describe() for s in m.inputs)}")
         print(f"  outputs: {', '.join(s.describe() for s in m.outputs)}")
         print(f"  target:  {_target_line(m.target)}")
+        if m.compute_capability:
+            print(f"  gpu:     compute capability {m.compute_capability} or newer")
         print(f"  passes:  {', '.join(m.passes)}")
         print(f"  weights: {m.weights}; built in {m.build_seconds:.1f} s with " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
         for name in m.files:

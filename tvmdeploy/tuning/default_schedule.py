@@ -9,18 +9,26 @@ postprocessors applied, is a valid schedule that is already tiled, parallel and
 vectorized (light SqueezeNet: 55 ms, 4.7x faster). Tuning then finds better ones.
 
 A kernel whose sampled schedule fails a postprocessor keeps its naive form.
+
+GPU kernels cannot stay naive (an unbound loop nest fails codegen with "Did you forget
+to bind?"): they get dlight's default GPU schedules, the rules TVM's cuda pipeline
+applies inside tvm.compile, applied here so that the count is known and a kernel no
+rule covers fails with its name.
 """
 
 from __future__ import annotations
 
 from .. import _tvm
 from .._tvm import ms, tvm
+from ..errors import BuildError
 
 
 def apply_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed: int = 1) -> tuple[tvm.ir.IRModule, int]:
-    """Schedule every not-yet-scheduled CPU kernel; returns (module, kernels scheduled)."""
+    """Schedule every not-yet-scheduled kernel; returns (module, kernels scheduled)."""
+    if target.kind.name == "cuda":
+        return _gpu_default_schedules(mod, target)
     if target.kind.name != "llvm":
-        return mod, 0  # GPU kernels get dlight's default schedules in tvm.compile's pipeline
+        return mod, 0
     _tvm.register_tensor_intrinsics(target.kind.name)
     cores = int(target.attrs.get("num-cores", 1))
     updates = {}
@@ -37,6 +45,21 @@ def apply_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, see
     for gv, func in updates.items():
         mod[gv] = func
     return mod, len(updates)
+
+
+def _gpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target) -> tuple[tvm.ir.IRModule, int]:
+    todo = [gv for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc) and not _is_scheduled(f)]
+    if not todo:
+        return mod, 0
+    with target:
+        scheduled = _tvm.dlight_gpu_default_schedule()(mod)
+    missed = [gv.name_hint for gv in todo if not _is_scheduled(scheduled[gv])]
+    if missed:
+        raise BuildError(
+            f"no default GPU schedule for kernel(s) {', '.join(missed[:5])} (dlight has no rule for them); "
+            f"tune them on a GPU (`tvmdeploy tune --target {target.kind.name}-...`) or report the model"
+        )
+    return scheduled, len(todo)
 
 
 def _is_scheduled(func) -> bool:

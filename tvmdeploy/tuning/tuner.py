@@ -138,6 +138,8 @@ def tune(
     progress: Progress | None = None,
 ) -> TuningReport:
     """Tune the kernels of `fused` that the cache does not cover, merging records into it."""
+    if target.kind.name == "cuda":
+        _require_tuning_gpu(target)
     started = time.monotonic()
     deadline = _Deadline(started + 60 * budget.minutes if budget.minutes else None)
     progress = progress or Progress()
@@ -247,7 +249,7 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
         builder=ms.builder.LocalBuilder(
             f_build=_tvm.metaschedule_build,
             # Once per worker (the pool is recreated per batch), not once per candidate.
-            initializer=_builder_initializer(target.kind.name),
+            initializer=_builder_initializer(target),
             max_workers=cores,
             timeout_sec=60,
         ),
@@ -295,10 +297,33 @@ def _trials_per_iter(trials: int, per_task: int, num_tasks: int) -> int:
     return max(1, min(64, -(-per_task // 2), max(8, trials // (3 * num_tasks)), trials // num_tasks))
 
 
-def _builder_initializer(target_kind: str):
+def _builder_initializer(target):
     import functools
 
-    return functools.partial(_tvm.register_tensor_intrinsics, target_kind)
+    if target.kind.name == "cuda":
+        from ..cuda_build import builder_worker_setup
+
+        return functools.partial(builder_worker_setup, str(target.attrs["arch"]))
+    return functools.partial(_tvm.register_tensor_intrinsics, target.kind.name)
+
+
+def _require_tuning_gpu(target) -> None:
+    """MetaSchedule measures every candidate on the GPU it tunes for: refuse early and clearly."""
+    from ..devices import compute_capability_of_arch, cuda_status
+
+    arch = str(target.attrs["arch"])
+    status = cuda_status()
+    if not status.available:
+        raise TvmDeployError(
+            f"no CUDA GPU: tuning for {arch} measures kernels on one, and {status.reason}; tune on a "
+            f"machine with an {arch} GPU (compiling works without one: kernels get default GPU schedules)"
+        )
+    wanted = compute_capability_of_arch(arch)
+    if status.compute_capability != wanted:
+        raise TvmDeployError(
+            f"tuning for {arch} needs a GPU of compute capability {wanted}, but {status.name} is "
+            f"{status.compute_capability}: its timings would tune for the wrong GPU; use the preset for this GPU"
+        )
 
 
 def _logs_to_files_only(logger: logging.Logger) -> None:
