@@ -333,3 +333,26 @@ def test_tuning_records_apply_to_cuda_builds(tmp_path):
     assert m.extra["tuning"]["kernels_scheduled_from_cache"] == 3 and m.extra["tuning"]["kernels_default_schedule"] == 0
     assert "MetaScheduleApplyDatabase" in m.passes
     assert set(fatbin_entries((tmp_path / "a" / m.library).read_bytes())) == {("elf", 80), ("ptx", 80)}
+
+
+@needs_nvcc
+def test_fp16_artifact_builds_and_tracks_fp32(tmp_path, request):
+    """--quantize fp16: float16 tensors and weights, float32 accumulation. The SQNR in the
+    manifest is measured on this machine's CPU (same arithmetic); the GPU run against
+    ONNX Runtime needs a GPU."""
+    from tvmdeploy.quantization import Fp16
+
+    path = MODELS / "transformer_block.onnx"
+    result = compile_model(path, "cuda-sm80", output_dir=tmp_path / "fp16", quantize=Fp16(), cache_dir=tmp_path / "c")
+    report = result.manifest.extra["quantization"]
+    assert report["scheme"] == "fp16" and "ToMixedPrecision" in result.manifest.passes
+    assert report["after"]["weight_bytes"] <= 0.55 * report["before"]["weight_bytes"]
+    assert report["accuracy"]["output_sqnr_db"][0] >= 40
+    assert fatbin_entries((result.artifact_dir / "model.so").read_bytes())
+    status = cuda_status()
+    if not status.available:
+        pytest.skip(f"fp16 artifact built and checked; running it needs a CUDA GPU: {status.reason}")
+    feeds = random_inputs(path, seed=3)
+    got = load(result.artifact_dir)(**feeds)[0]
+    expected = ort_run(path, feeds)[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)

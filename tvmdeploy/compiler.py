@@ -98,7 +98,7 @@ def compile_model(
     if quantize is not None:
         from .quantization.quantize import quantize_graph
 
-        mod, quantization = quantize_graph(mod, quantize, imported.inputs, calibration, progress)
+        mod, quantization = quantize_graph(mod, quantize, imported.inputs, calibration, progress, preset.device)
     else:
         # A pre-quantized (QDQ) model: its quantized layers compute in int8, not as float
         # (a model without QuantizeLinear/DequantizeLinear comes back unchanged).
@@ -160,6 +160,7 @@ def compile_model(
                     "int8-weight": ["QuantizeWeightsInt8", "FuseDecodeIntoConsumer"],
                     "int8": ["QuantizeLayersInt8"],
                     "qdq-int8": ["QuantizeLayersInt8"],
+                    "fp16": ["ToMixedPrecision"],
                 }[
                     quantization["scheme"]
                 ]

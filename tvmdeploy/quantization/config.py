@@ -2,7 +2,7 @@
 
     Int8WeightOnly()                              int8 weights (per output channel), float compute
     Int8Static(observer="percentile")             int8 x int8 -> int32 conv/matmul, calibrated activations
-    Fp16()                                        half precision for CUDA presets (not yet built)
+    Fp16()                                        float16 with float32 accumulation, CUDA presets
 
 CLI: `--quantize int8-weight`, `--quantize int8 --calibration-data FILE.npz
 [--observer minmax|percentile] [--percentile 99.99]`.
