@@ -11,6 +11,7 @@ import numpy as np
 from . import _tvm
 from ._tvm import relax, tvm
 from .errors import BuildError, summarize_exception
+from .runtime import to_numpy
 
 
 class HostModel:
@@ -35,12 +36,3 @@ class HostModel:
         params = [tvm.runtime.tensor(w, device) for w in extra]
         main = self.vm["main"]
         return [to_numpy(main(*[tvm.runtime.tensor(x, device) for x in sample], *params)) for sample in samples]
-
-
-def to_numpy(result) -> list[np.ndarray]:
-    if hasattr(result, "numpy"):
-        return [result.numpy()]
-    out = []
-    for item in result:
-        out.extend(to_numpy(item))
-    return out

@@ -149,7 +149,7 @@ class LoadedModel:
         arrays = self._bind_inputs(args, kwargs)
         tensors = [self._tvm.runtime.tensor(a, self._device) for a in arrays]
         result = self._main(*tensors, *self._weights)
-        return _to_numpy(result)
+        return to_numpy(result)
 
     def _bind_inputs(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[np.ndarray]:
         names = [s.name for s in self.inputs]
@@ -236,10 +236,10 @@ def _set_threads(tvm, nthreads: int) -> None:
         config(0, int(nthreads))  # 0: big cores first (the default affinity mode)
 
 
-def _to_numpy(result) -> list[np.ndarray]:
+def to_numpy(result) -> list[np.ndarray]:
     if hasattr(result, "numpy"):
         return [result.numpy()]
     out = []
     for item in result:
-        out.extend(_to_numpy(item))
+        out.extend(to_numpy(item))
     return out

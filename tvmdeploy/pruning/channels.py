@@ -120,7 +120,7 @@ def constant_array(expr) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.GenericConst) else None
 
 
-def _shape(expr) -> tuple[int, ...] | None:
+def static_shape(expr) -> tuple[int, ...] | None:
     ty = expr.ty
     if not isinstance(ty, relax.TensorType) or ty.shape is None:
         return None
@@ -164,21 +164,21 @@ def layer_of_call(call, index: int, counts: dict) -> Layer | None:
         kind, out_axis, in_axis = "conv2d", 0, 1
     elif name == "relax.matmul":
         weight = call.args[1]
-        if not isinstance(weight, tvm.ir.GenericConst) or len(_shape(weight) or ()) != 2:
+        if not isinstance(weight, tvm.ir.GenericConst) or len(static_shape(weight) or ()) != 2:
             return None
         kind, out_axis, in_axis = "matmul", 1, 0
     else:
         return None
     counts[kind] = counts.get(kind, 0) + 1
-    return Layer(f"{kind}_{counts[kind] - 1}", kind, None, (index, 1), _shape(weight), out_axis, in_axis)
+    return Layer(f"{kind}_{counts[kind] - 1}", kind, None, (index, 1), static_shape(weight), out_axis, in_axis)
 
 
 def _is_depthwise(call) -> bool:
     if call.op.name != "relax.nn.conv2d" or not isinstance(call.args[1], tvm.ir.GenericConst):
         return False
     attrs = call.attrs
-    w = _shape(call.args[1])
-    x = _shape(call.args[0])
+    w = static_shape(call.args[1])
+    x = static_shape(call.args[0])
     return (
         (attrs.data_layout, attrs.kernel_layout) == ("NCHW", "OIHW")
         and x is not None and int(attrs.groups) == x[1] == w[0] and w[1] == 1
@@ -225,7 +225,7 @@ def analyze_channels(mod) -> ChannelGraph:
         op = value.op.name
         args = list(value.args)
         in_state = state_of(args[0]) if args else None
-        out_shape = _shape(var)
+        out_shape = static_shape(var)
         layer = layer_of_call(value, index, counts)
         out: ChannelState | None = None
 
@@ -235,7 +235,7 @@ def analyze_channels(mod) -> ChannelGraph:
             for extra in args[2:]:
                 block(state_of(extra), f"extra argument of {layer.name}")
             if in_state is not None:
-                ndim = len(_shape(args[0]))
+                ndim = len(static_shape(args[0]))
                 channel_axis = 1 if layer.op == "conv2d" else ndim - 1
                 if in_state.axis == channel_axis:
                     consumers.append((layer, in_state))
@@ -283,7 +283,7 @@ def analyze_channels(mod) -> ChannelGraph:
                 else:
                     block(labeled, f"{op} with a tensor whose channels no prunable layer owns (a residual from the input?)")
         elif op == "relax.reshape" and in_state is not None:
-            out = _flatten_state(in_state, _shape(args[0]), out_shape)
+            out = _flatten_state(in_state, static_shape(args[0]), out_shape)
             if out is None:
                 block(in_state, "a reshape that splits or moves the channel axis")
         elif op == "relax.concat":
@@ -299,14 +299,14 @@ def analyze_channels(mod) -> ChannelGraph:
                     if all(s is None or s.axis == axis for s in field_states):
                         segments = []
                         for f, s in zip(fields, field_states):
-                            segments.extend(s.segments if s is not None else ((None, _shape(f)[axis], 1),))
+                            segments.extend(s.segments if s is not None else ((None, static_shape(f)[axis], 1),))
                         out = ChannelState(axis, tuple(segments))
                     else:
                         for s in field_states:
                             block(s, "concat along another axis")
         elif op in REDUCE and in_state is not None:
             axes = value.attrs.axis
-            ndim = len(_shape(args[0]))
+            ndim = len(static_shape(args[0]))
             reduced = {int(a) + ndim if int(a) < 0 else int(a) for a in axes} if axes is not None else set(range(ndim))
             if in_state.axis not in reduced and all(a > in_state.axis for a in reduced):
                 out = in_state
@@ -367,8 +367,8 @@ def _same_layout(a: ChannelState, b: ChannelState) -> bool:
 
 def _broadcasts_per_channel(expr, labeled_expr, axis: int) -> bool:
     """A constant (or other tensor) that is 1 on every axis but the channel axis."""
-    shape = _shape(expr)
-    full = _shape(labeled_expr)
+    shape = static_shape(expr)
+    full = static_shape(labeled_expr)
     if shape is None or full is None or len(shape) > len(full):
         return False
     aligned = (1,) * (len(full) - len(shape)) + shape

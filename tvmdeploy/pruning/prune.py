@@ -17,7 +17,7 @@ import numpy as np
 
 from ..passes.prune_channels import PruneChannels
 from ..passes.prune_magnitude import PruneMagnitude, magnitude_masks
-from .channels import analyze_channels, kept_indices
+from .channels import kept_indices
 from .config import (
     CONFIG_VERSION,
     RATIO_GRID,
@@ -367,11 +367,3 @@ class _MagnitudePlan:
 
     def skipped(self) -> list:
         return []
-
-
-def prunable_layers(mod) -> tuple[list[dict], list[dict]]:
-    """(prunable groups, skipped groups with reasons) of a module, for `inspect`-like listings."""
-    graph = analyze_channels(mod)
-    ok = [{"layer": g.name, "channels": g.channels} for g in graph.prunable()]
-    skipped = [{"layer": g.name, "reason": g.blocked} for g in graph.groups if g.blocked is not None]
-    return ok, skipped

@@ -9,7 +9,7 @@ import tvm
 from tvm import relax
 
 from ..weights_file import encoded_nbytes
-from .channels import bindings_of, constant_array, main_function
+from .channels import bindings_of, main_function, static_shape
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,6 @@ class ModelStats:
             "macs": self.macs, "flops": 2 * self.macs, "params": self.params, "nonzero_params": self.nonzero_params,
             "weight_bytes": self.weight_bytes, "compact_weight_bytes": self.compact_weight_bytes,
         }
-
-
-def _shape(expr) -> tuple[int, ...]:
-    return tuple(int(d) for d in expr.ty.shape.values)
 
 
 def model_stats(mod) -> ModelStats:
@@ -49,12 +45,12 @@ def model_stats(mod) -> ModelStats:
         if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
             continue
         if call.op.name == "relax.nn.conv2d":
-            out = _shape(binding.var)
-            w = _shape(call.args[1])
+            out = static_shape(binding.var)
+            w = static_shape(call.args[1])
             macs += int(np.prod(out)) * int(np.prod(w[1:]))
         elif call.op.name == "relax.matmul":
-            out = _shape(binding.var)
-            macs += int(np.prod(out)) * _shape(call.args[0])[-1]
+            out = static_shape(binding.var)
+            macs += int(np.prod(out)) * static_shape(call.args[0])[-1]
     return ModelStats(
         macs=macs,
         params=sum(a.size for a in arrays),
@@ -64,4 +60,4 @@ def model_stats(mod) -> ModelStats:
     )
 
 
-__all__ = ["ModelStats", "model_stats", "constant_array"]
+__all__ = ["ModelStats", "model_stats"]
