@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .artifact import finalize, staging_folder
 from .build import build_library, library_file_name
+from .errors import RemoteError
 from .frontend import import_model
 from .manifest import Manifest
 from .optimize import optimize_graph
@@ -126,17 +127,30 @@ def tune_model(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
 ):
-    """Tune a model's kernels for a target into the tuning cache (no artifact); returns a TuningReport."""
+    """Tune a model's kernels for a target into the tuning cache (no artifact); returns a TuningReport.
+
+    tracker ('HOST:PORT') and key: measure the candidates on a device that TVM RPC tracker
+    hands out under that key (cross-compiled with the preset's toolchain), not here.
+    """
     from . import _tvm
     from .tuning.cache import TargetCache
     from .tuning.tuner import TuningBudget, lower_for_tuning, tune
 
     preset, tvm_target = resolve_preset(load_preset(target))
+    measure = None
+    if tracker or key:
+        from .tuning.remote import RemoteMeasure
+
+        if not tracker:
+            raise RemoteError("--key needs --tracker HOST:PORT (remote tuning measures through a tracker)")
+        measure = RemoteMeasure.for_preset(preset, tracker, key)
     imported = import_model(model, input_shapes=input_shapes)
     mod, _ = optimize_graph(imported.mod)
     cache = TargetCache.open(_tvm.target_to_dict(tvm_target), _tvm.TVM_VERSION, cache_dir)
-    return tune(lower_for_tuning(mod), tvm_target, cache, budget or TuningBudget(), progress)
+    return tune(lower_for_tuning(mod), tvm_target, cache, budget or TuningBudget(), progress, measure)
 
 
 def _measured_ms(library: Path, preset, inputs) -> float | None:
