@@ -445,10 +445,7 @@ def _wait_registered(tracker: str, key: str, timeout: float) -> None:
     from .remote import tracker_summary
 
     deadline = time.monotonic() + timeout
-    while True:
-        free = tracker_summary(tracker).get(key, 0)
-        if free:
-            return
+    while not tracker_summary(tracker).get(key):
         if time.monotonic() > deadline:
             raise BoardError(f"the RPC server did not register with the tracker {tracker} as '{key}' within {timeout:.0f} s")
         time.sleep(0.5)

@@ -8,8 +8,10 @@ stable API; this is the one module of tvmdeploy that talks to it as a client.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,9 +22,12 @@ from .errors import ArtifactError, RemoteError, summarize_exception
 from .manifest import Manifest
 from .runtime import LoadedModel, _to_numpy, read_manifest, verify_files
 
-__all__ = ["RemoteDevice", "RemoteModel", "load_remote", "parse_address", "tracker_summary"]
+__all__ = ["RemoteDevice", "RemoteModel", "bench_remote", "load_remote", "parse_address", "tracker_summary", "wait_for_device"]
 
 CONNECT_TIMEOUT_S = 10
+# TVM's RPC server serves one session at a time; a second client waits in the handshake
+# until the first one disconnects. Past this, say so instead of hanging.
+SESSION_START_TIMEOUT_S = 120
 
 
 def parse_address(text: str, flag: str = "--rpc") -> tuple[str, int]:
@@ -59,12 +64,22 @@ class RemoteDevice:
         address = self.rpc or self.tracker
         host, port = parse_address(address, "--rpc" if self.rpc else "--tracker")
         _check_reachable(host, port, "--rpc" if self.rpc else "--tracker")
-        try:
+
+        def open_session():
             if self.rpc:
                 return rpc.connect(host, port, key=self.key or "", session_timeout=self.session_timeout_s)
             return rpc.connect_tracker(host, port).request(
                 self.key, session_timeout=self.session_timeout_s, max_retry=2
             )
+
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        try:
+            return pool.submit(open_session).result(timeout=SESSION_START_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            raise RemoteError(
+                f"{self.describe()}: no session within {SESSION_START_TIMEOUT_S} s; the device serves one "
+                f"session at a time, is another client using it?"
+            ) from None
         except Exception as e:
             hint = (
                 "is it a TVM RPC server, and does its key match?"
@@ -72,6 +87,8 @@ class RemoteDevice:
                 else f"is a server registered as '{self.key}' (see the tracker's summary)?"
             )
             raise RemoteError(f"cannot open an RPC session via {self.describe()}: {summarize_exception(e)}; {hint}") from None
+        finally:
+            pool.shutdown(wait=False)
 
 
 def _check_reachable(host: str, port: int, flag: str) -> None:
@@ -98,6 +115,26 @@ def tracker_summary(tracker: str) -> dict[str, int]:
     except Exception as e:
         raise RemoteError(f"--tracker {tracker}: not a TVM RPC tracker? {summarize_exception(e)}") from None
     return {key: int(info.get("free", 0)) for key, info in summary.get("queue_info", {}).items()}
+
+
+def wait_for_device(tracker: str, key: str, timeout: float = 60) -> int:
+    """Wait until the tracker lists a free server under `key`; returns how many are free.
+
+    A server re-registers a moment after each session ends, so "0 free" is often brief.
+    A key the tracker has never heard of fails at once.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    while True:
+        free = tracker_summary(tracker)
+        if free.get(key):
+            return free[key]
+        if key not in free and time.monotonic() > started + 5:  # a few seconds' grace to register
+            known = ", ".join(f"{k} ({n} free)" for k, n in sorted(free.items())) or "none"
+            raise RemoteError(f"the tracker {tracker} has no device with key '{key}' (keys: {known})")
+        if time.monotonic() > deadline:
+            raise RemoteError(f"the tracker {tracker}: every '{key}' device stayed busy for {timeout:.0f} s")
+        time.sleep(0.5)
 
 
 class RemoteModel:
@@ -128,6 +165,16 @@ class RemoteModel:
                 f"{manifest.arch} ({manifest.preset}): {summarize_exception(e)}"
             ) from None
         self._tvm = tvm
+
+    def close(self) -> None:
+        """End the RPC session: the device serves one session at a time."""
+        self._main = self._vm = self._dev = self.session = None
+
+    def __enter__(self) -> "RemoteModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"<tvmdeploy remote model {self.manifest.model_name} ({self.manifest.preset}) on {self.device.describe()}>"
@@ -185,8 +232,8 @@ def bench_remote(path: str | os.PathLike, device: RemoteDevice, threads: int | N
     """Time an artifact on a remote device (no peer: ONNX Runtime runs only here)."""
     from .bench import BenchReport, Timing
 
-    model = load_remote(path, rpc=device.rpc, tracker=device.tracker, key=device.key, threads=threads)
-    seconds = model.time(model.random_inputs(), warmup=warmup, repeat=repeat)
+    with load_remote(path, rpc=device.rpc, tracker=device.tracker, key=device.key, threads=threads) as model:
+        seconds = model.time(model.random_inputs(), warmup=warmup, repeat=repeat)
     return BenchReport(
         artifact=Path(path),
         model_name=model.manifest.model_name,

@@ -15,7 +15,7 @@ from .. import _tvm
 from ..build import _export_compiler
 from ..errors import RemoteError
 from ..presets import Preset
-from ..remote import parse_address, tracker_summary
+from ..remote import parse_address, tracker_summary, wait_for_device
 
 # One candidate's session: upload, load, time and free. Emulated boards are slow to
 # fork a session (~1-3 s), real boards are slow to load; both fit comfortably.
@@ -44,10 +44,7 @@ class RemoteMeasure:
                 f"preset {preset.name} has no [build] cross_compiler"
             )
         _export_compiler(preset)  # a missing cross compiler: a one-line error naming the packages
-        available = tracker_summary(tracker)
-        if not available.get(key):
-            known = ", ".join(f"{k} ({n} free)" for k, n in sorted(available.items())) or "none"
-            raise RemoteError(f"the tracker {tracker} has no free device with key '{key}' (keys: {known})")
+        wait_for_device(tracker, key)
         options = list(preset.build.linker_options)
         if preset.build.sysroot:
             options.append(f"--sysroot={preset.build.sysroot}")
