@@ -22,7 +22,7 @@ from .errors import ArtifactError, RemoteError, summarize_exception
 from .manifest import Manifest
 from .runtime import LoadedModel, _to_numpy, read_manifest, verify_files
 
-__all__ = ["RemoteDevice", "RemoteModel", "bench_remote", "load_remote", "parse_address", "tracker_summary", "wait_for_device"]
+__all__ = ["RemoteDevice", "RemoteBench", "RemoteModel", "bench_remote", "load_remote", "parse_address", "tracker_summary", "wait_for_device"]
 
 CONNECT_TIMEOUT_S = 10
 # TVM's RPC server serves one session at a time; a second client waits in the handshake
@@ -228,17 +228,41 @@ def load_remote(
     return RemoteModel(folder, manifest, device, threads)
 
 
-def bench_remote(path: str | os.PathLike, device: RemoteDevice, threads: int | None = None, warmup: int = 3, repeat: int = 30):
-    """Time an artifact on a remote device (no peer: ONNX Runtime runs only here)."""
-    from .bench import BenchReport, Timing
+@dataclass(frozen=True)
+class RemoteBench:
+    """Latency measured on the device by TVM's time evaluator (network time excluded)."""
 
+    artifact: Path
+    model_name: str
+    preset: str
+    device: str
+    threads: int
+    seconds: tuple[float, ...]
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.seconds) * 1e3)
+
+    @property
+    def p90_ms(self) -> float:
+        return float(np.percentile(self.seconds, 90) * 1e3)
+
+    def table(self) -> str:
+        threads = f"{self.threads} thread(s)" if self.threads else "the device's default threads"
+        return (
+            f"{self.model_name} ({self.preset}) on {self.device}, {threads}, {len(self.seconds)} runs after warm-up, "
+            f"timed on the device\n  median {self.median_ms:.3f} ms   p90 {self.p90_ms:.3f} ms"
+        )
+
+
+def bench_remote(
+    path: str | os.PathLike, device: RemoteDevice, threads: int | None = None, warmup: int = 3, repeat: int = 30
+) -> RemoteBench:
+    """Time an artifact on a remote device (no peer: ONNX Runtime would run here, not there)."""
     with load_remote(path, rpc=device.rpc, tracker=device.tracker, key=device.key, threads=threads) as model:
         seconds = model.time(model.random_inputs(), warmup=warmup, repeat=repeat)
-    return BenchReport(
-        artifact=Path(path),
-        model_name=model.manifest.model_name,
-        preset=f"{model.manifest.preset} on {device.describe()}",
-        threads=threads or model.manifest.threads,
-        timings=[Timing("tvmdeploy", tuple(seconds))],
+        manifest = model.manifest
+    return RemoteBench(
+        Path(path), manifest.model_name, manifest.preset, device.describe(),
+        manifest.threads if threads is None else threads, tuple(seconds),
     )
-
