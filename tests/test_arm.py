@@ -240,3 +240,28 @@ def test_board_refuses_a_non_aarch64_preset(arm_board):
     with pytest.raises(BoardError, match="aarch64"):
         board.qemu_cpu("x86_64-avx2")
 
+
+
+def test_emulated_cpu_enforces_the_presets_instruction_set(arm_board, tmp_path):
+    """Code for a CPU feature the board lacks (SVE on a Cortex-A72) dies with SIGILL under
+    the board's -cpu, as on a real Pi 4, and runs on an emulated CPU that has it."""
+    from tvmdeploy import compile_model
+
+    preset = tmp_path / "aarch64-a72-sve.toml"
+    preset.write_text(
+        (REPO / "targets" / f"{PRESET}.toml").read_text().replace('mattr = ["+neon"]', 'mattr = ["+neon", "+sve"]')
+    )
+    artifact = compile_model(MODELS / "conv_bn_relu.onnx", str(preset), output_dir=tmp_path / "sve").artifact_dir
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, tvmdeploy.runtime as rt\n"
+        "m = rt.load(sys.argv[1])\n"
+        "print(m(*m.random_inputs())[0].shape)\n"
+    )
+    results = {}
+    for cpu in ("cortex-a72", "max"):
+        argv, env = arm_board.python_command(cpu=cpu, pythonpath=[str(REPO)])
+        results[cpu] = subprocess.run([*argv, str(script), str(artifact)], capture_output=True, text=True, env=env, timeout=300)
+    assert results["cortex-a72"].returncode != 0 and "Illegal instruction" in results["cortex-a72"].stderr
+    assert results["max"].returncode == 0, results["max"].stderr[-2000:]
+    assert "(1, 10)" in results["max"].stdout
