@@ -265,3 +265,10 @@ def test_emulated_cpu_enforces_the_presets_instruction_set(arm_board, tmp_path):
     assert results["cortex-a72"].returncode != 0 and "Illegal instruction" in results["cortex-a72"].stderr
     assert results["max"].returncode == 0, results["max"].stderr[-2000:]
     assert "(1, 10)" in results["max"].stdout
+
+
+def test_tuning_a_cross_preset_without_a_device_says_how(capsys):
+    code, _, err = cli(capsys, "tune", MODELS / "mlp.onnx", "--target", PRESET, "--trials", "2")
+    assert code == 1 and "--tracker HOST:PORT --key KEY" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = cli(capsys, "tune", MODELS / "mlp.onnx", "--target", PRESET, "--key", PRESET)
+    assert code == 1 and "--key needs --tracker" in err, err

@@ -75,6 +75,10 @@ def compile_model(
     # 5. Tune what the cache does not cover (if asked), then schedule every kernel the
     #    cache has a record for.
     cache = TargetCache.open(target_dict, _tvm.TVM_VERSION, cache_dir)
+    if tune is not None:
+        from .tuning.remote import require_local_measurement
+
+        require_local_measurement(preset)  # cross presets tune with `tvmdeploy tune --tracker`
     report = tune_kernels(fused, tvm_target, cache, tune, progress) if tune is not None else None
     scheduled, kernels_from_cache = apply_cached(fused, tvm_target, cache)
 
@@ -147,6 +151,10 @@ def tune_model(
         if not tracker:
             raise RemoteError("--key needs --tracker HOST:PORT (remote tuning measures through a tracker)")
         measure = RemoteMeasure.for_preset(preset, tracker, key)
+    else:
+        from .tuning.remote import require_local_measurement
+
+        require_local_measurement(preset)
     imported = import_model(model, input_shapes=input_shapes)
     mod, _ = optimize_graph(imported.mod)
     cache = TargetCache.open(_tvm.target_to_dict(tvm_target), _tvm.TVM_VERSION, cache_dir)

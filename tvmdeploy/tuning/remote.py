@@ -22,6 +22,19 @@ from ..remote import parse_address, tracker_summary, wait_for_device
 SESSION_TIMEOUT_S = 120
 
 
+def require_local_measurement(preset: Preset) -> None:
+    """Tuning without a remote device measures here: refuse presets whose code cannot run here."""
+    import platform
+
+    here = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+    if preset.device == "cpu" and preset.arch and preset.arch != here:
+        raise RemoteError(
+            f"preset {preset.name} builds {preset.arch} code, which cannot be measured on this {here} machine; "
+            f"tune on a device: tvmdeploy tune MODEL --target {preset.name} --tracker HOST:PORT --key KEY "
+            f"(an emulated one: tvmdeploy board start --local-tracker)"
+        )
+
+
 @dataclass(frozen=True)
 class RemoteMeasure:
     """Where and how tuning candidates are measured when not on this machine."""
