@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,9 +95,17 @@ class RemoteDevice:
 def _check_reachable(host: str, port: int, flag: str) -> None:
     # TVM's connect retries for minutes and then raises a multi-line error; a plain
     # socket says at once (and in one line) that nothing listens there.
+    # A tracker gets its handshake (a bare connect-and-close makes it log a traceback),
+    # which also tells a tracker from something else listening there.
+    from tvm.rpc.base import RPC_TRACKER_MAGIC
+
     try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
-            pass
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as sock:
+            if flag == "--tracker":
+                sock.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
+                reply = sock.recv(4)
+                if len(reply) != 4 or struct.unpack("<i", reply)[0] != RPC_TRACKER_MAGIC:
+                    raise RemoteError(f"--tracker {host}:{port}: something listens there, but not a TVM RPC tracker")
     except OSError as e:
         raise RemoteError(
             f"{flag} {host}:{port}: cannot connect ({e.strerror or e}); is the RPC "
