@@ -171,7 +171,8 @@ class RemoteModel:
         except Exception as e:
             raise RemoteError(
                 f"{folder}: the device ({device.describe()}) could not load the artifact built for "
-                f"{manifest.arch} ({manifest.preset}): {summarize_exception(e)}"
+                f"{manifest.arch} ({manifest.preset}): {summarize_exception(e, 300)}; is the artifact compiled "
+                f"for the device's preset (e.g. --target aarch64-cortex-a72)?"
             ) from None
         self._tvm = tvm
 
