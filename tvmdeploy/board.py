@@ -47,7 +47,11 @@ HOST_TOOLS = {
     "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
 }
 # The cross linker needs the arm64 C runtime objects too ("cannot find crti.o" otherwise).
-HOST_FILES = {"/usr/aarch64-linux-gnu/lib/crti.o": "libc6-dev-arm64-cross"}
+HOST_FILES = {
+    "/usr/aarch64-linux-gnu/lib/crti.o": "libc6-dev-arm64-cross",
+    # mmdebstrap verifies the arm64 Debian packages with it (absent on Ubuntu hosts).
+    "/usr/share/keyrings/debian-archive-keyring.gpg": "debian-archive-keyring",
+}
 # The emulated Python's packages. psutil and cloudpickle: TVM's RPC server workers need them.
 BOARD_WHEELS = ("numpy", "cloudpickle", "psutil")
 
