@@ -232,6 +232,43 @@ def dlight_gpu_default_schedule():
     )
 
 
+def metaschedule_cross_export(compiler: str, options: list[str], mod) -> str:
+    """A MetaSchedule builder export that links each candidate with a cross compiler.
+
+    The default export writes a .tar that the device must link itself, which a board
+    with only TVM's runtime cannot. Module-level: bound with functools.partial, it
+    pickles by reference into the builder's worker processes.
+    """
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="tvmdeploy-ms-"), "candidate.so")
+    mod.export_library(path, fcompile=cross_compiler(compiler, options))
+    return path
+
+
+def metaschedule_alloc_from_host(session, device, args_info, alloc_repeat):
+    """MetaSchedule RPC runner argument allocation, with the random data made here.
+
+    The default fills arguments with tvm.contrib.random on the device, which the pip
+    wheels' runtime-only library lacks; these arrays are random numpy uploaded over RPC.
+    """
+    import numpy as np
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+    rng = np.random.default_rng(0)
+
+    def fill(tensor) -> None:
+        dtype = np.dtype(str(tensor.dtype))
+        shape = tuple(int(d) for d in tensor.shape)
+        if dtype.kind == "f":
+            values = rng.uniform(-1.0, 1.0, shape).astype(dtype)
+        else:
+            values = rng.integers(0, 2, shape).astype(dtype)
+        tensor.copyfrom(values)
+
+    return alloc_argument_common(fill, device, args_info, alloc_repeat)
+
+
 __all__ = [
     "TVM_VERSION",
     "cross_compiler",
@@ -240,7 +277,9 @@ __all__ = [
     "is_valid_llvm_cpu",
     "estimate_flops",
     "make_target",
+    "metaschedule_alloc_from_host",
     "metaschedule_build",
+    "metaschedule_cross_export",
     "native_stderr_to",
     "nvcc_fatbin",
     "nvcc_for_cuda",

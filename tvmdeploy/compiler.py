@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .artifact import finalize, staging_folder
 from .build import build_library, library_file_name
-from .errors import TvmDeployError
+from .errors import RemoteError, TvmDeployError
 from .frontend import import_model
 from .manifest import Manifest
 from .optimize import optimize_graph
@@ -116,6 +116,10 @@ def compile_model(
     # 6. Tune what the cache does not cover (if asked), then schedule every kernel the
     #    cache has a record for.
     cache = TargetCache.open(target_dict, _tvm.TVM_VERSION, cache_dir)
+    if tune is not None:
+        from .tuning.remote import require_local_measurement
+
+        require_local_measurement(preset)  # cross presets tune with `tvmdeploy tune --tracker`
     report = tune_kernels(fused, tvm_target, cache, tune, progress) if tune is not None else None
     scheduled, kernels_from_cache = apply_cached(fused, tvm_target, cache)
 
@@ -190,17 +194,34 @@ def tune_model(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
 ):
-    """Tune a model's kernels for a target into the tuning cache (no artifact); returns a TuningReport."""
+    """Tune a model's kernels for a target into the tuning cache (no artifact); returns a TuningReport.
+
+    tracker ('HOST:PORT') and key: measure the candidates on a device that TVM RPC tracker
+    hands out under that key (cross-compiled with the preset's toolchain), not here.
+    """
     from . import _tvm
     from .tuning.cache import TargetCache
     from .tuning.tuner import TuningBudget, lower_for_tuning, tune
 
     preset, tvm_target = resolve_preset(load_preset(target))
+    measure = None
+    if tracker or key:
+        from .tuning.remote import RemoteMeasure
+
+        if not tracker:
+            raise RemoteError("--key needs --tracker HOST:PORT (remote tuning measures through a tracker)")
+        measure = RemoteMeasure.for_preset(preset, tracker, key)
+    else:
+        from .tuning.remote import require_local_measurement
+
+        require_local_measurement(preset)
     imported = import_model(model, input_shapes=input_shapes)
     mod, _ = optimize_graph(imported.mod)
     cache = TargetCache.open(_tvm.target_to_dict(tvm_target), _tvm.TVM_VERSION, cache_dir)
-    return tune(lower_for_tuning(mod), tvm_target, cache, budget or TuningBudget(), progress)
+    return tune(lower_for_tuning(mod), tvm_target, cache, budget or TuningBudget(), progress, measure)
 
 
 def _measured_ms(library: Path, preset, inputs, weights=None) -> float | None:

@@ -38,3 +38,11 @@ def summarize_exception(e: BaseException, limit: int = 500) -> str:
     """The last line of a (often multi-page) TVM error, with its type: enough to act on."""
     lines = [line for line in str(e).strip().splitlines() if line.strip()]
     return f"{type(e).__name__}: {lines[-1].strip() if lines else ''}"[:limit]
+
+
+class BoardError(TvmDeployError):
+    """The emulated board cannot be set up, started or reached."""
+
+
+class RemoteError(TvmDeployError):
+    """A remote device (RPC server or tracker) cannot be reached or fails a run."""

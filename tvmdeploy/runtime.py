@@ -68,15 +68,22 @@ def machine_arch() -> str:
     return _ARCH_ALIASES.get(machine, machine)
 
 
+# The /proc/cpuinfo line that lists CPU features, per architecture.
+_CPUINFO_FLAGS_KEY = {"x86_64": "flags", "aarch64": "Features"}
+
+
 def cpu_flags() -> set[str] | None:
     """This CPU's feature flags from /proc/cpuinfo (x86 'flags', arm64 'Features'); None if unknown."""
+    key_for_arch = _CPUINFO_FLAGS_KEY.get(machine_arch())
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
+        # Only this architecture's own key: under qemu-user (before 8.1) an aarch64 process
+        # reads the x86 host's cpuinfo, whose 'flags' say nothing about the emulated CPU.
+        if key.strip() == key_for_arch:
             return set(value.split())
     return None
 

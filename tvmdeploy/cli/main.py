@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=1000, help="trials across all kernels (default 1000)")
     _add_input_shape(p)
     _add_tuning_options(p)
+    p.add_argument("--tracker", metavar="HOST:PORT", help="measure on a device from this TVM RPC tracker (cross presets)")
+    p.add_argument("--key", help="the device key under --tracker (e.g. the board's preset name)")
     p.set_defaults(handler=_cmd_tune)
 
     p = sub.add_parser("tuning", help="move tuning records: export a target's records, import them elsewhere")
@@ -134,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: the artifact's)")
     p.add_argument("--repeat", type=int, default=10, help="timed runs for the latency figure (default 10)")
     p.add_argument("--save-outputs", metavar="FILE.npz", help="write the outputs to an .npz file")
+    _add_remote_options(p)
     p.set_defaults(handler=_cmd_run)
 
     p = sub.add_parser("inspect", help="show an artifact's manifest and verify its files")
@@ -149,7 +152,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5, help="untimed runs of each first (default 5)")
     p.add_argument("--repeat", type=int, default=30, help="timed runs of each (default 30)")
     p.add_argument("--chart", help="PNG chart path (default: <artifact>-bench.png beside the folder)")
+    _add_remote_options(p)
     p.set_defaults(handler=_cmd_bench)
+
+    p = sub.add_parser("board", help="an emulated aarch64 board (qemu-user) with TVM's RPC server")
+    board = p.add_subparsers(dest="board_command", required=True, metavar="ACTION")
+    q = board.add_parser("setup", help="install qemu/cross tools (apt, as root) and an aarch64 Python with TVM's runtime")
+    q.set_defaults(handler=_cmd_board_setup)
+    q = board.add_parser("start", help="start TVM's RPC server on the emulated board (127.0.0.1)")
+    q.add_argument("--target", "-t", default="aarch64-cortex-a72", help="aarch64 preset whose CPU qemu emulates (default: aarch64-cortex-a72)")
+    q.add_argument("--port", type=int, default=9090, help="server port (default 9090; the next free one if busy)")
+    q.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    q.add_argument("--tracker", metavar="HOST:PORT", help="register with this TVM RPC tracker")
+    q.add_argument("--local-tracker", action="store_true", help="also start a tracker on 127.0.0.1 and register with it")
+    q.add_argument("--key", help="device key under the tracker (default: the preset name)")
+    q.set_defaults(handler=_cmd_board_start)
+    q = board.add_parser("stop", help="stop the board's RPC server (and tracker)")
+    q.set_defaults(handler=_cmd_board_stop)
+    q = board.add_parser("status", help="what is set up and running")
+    q.set_defaults(handler=_cmd_board_status)
 
     p = sub.add_parser("targets", help="list the target presets")
     p.set_defaults(handler=_cmd_targets)
@@ -164,6 +185,21 @@ def _add_input_shape(p) -> None:
         metavar="NAME=D0,D1,...",
         help="static shape for an input with symbolic dimensions (repeatable)",
     )
+
+
+def _add_remote_options(p) -> None:
+    p.add_argument("--rpc", metavar="HOST:PORT", help="run on the device behind this TVM RPC server")
+    p.add_argument("--tracker", metavar="HOST:PORT", help="run on a device from this TVM RPC tracker (with --key)")
+    p.add_argument("--key", help="device key: under --tracker, or the server's key with --rpc")
+
+
+def _remote(args):
+    """The remote device the arguments name, or None to run here."""
+    if not (args.rpc or args.tracker or args.key):
+        return None
+    from ..remote import RemoteDevice
+
+    return RemoteDevice(rpc=args.rpc, tracker=args.tracker, key=args.key)
 
 
 def _add_tuning_options(p) -> None:
@@ -275,6 +311,8 @@ def _cmd_tune(args) -> int:
         budget=_budget(args.trials, args),
         input_shapes=parse_input_shapes(args.input_shape),
         cache_dir=args.cache_dir,
+        tracker=args.tracker,
+        key=args.key,
     )
     print(
         f"{report.trials} new trials in {report.seconds:.0f} s ({report.stopped_by}); "
@@ -345,8 +383,14 @@ def _cmd_run(args) -> int:
 
     from ..runtime import load, read_manifest
 
-    device = args.device or read_manifest(args.artifact).device
-    model = load(args.artifact, device=device, threads=args.threads)
+    remote = _remote(args)
+    if remote is not None:
+        from ..remote import load_remote
+
+        model = load_remote(args.artifact, rpc=remote.rpc, tracker=remote.tracker, key=remote.key, threads=args.threads)
+    else:
+        device = args.device or read_manifest(args.artifact).device
+        model = load(args.artifact, device=device, threads=args.threads)
     if args.random_inputs:
         if args.input:
             raise UsageError("give either --input or --random-inputs, not both")
@@ -412,6 +456,13 @@ def _cmd_bench(args) -> int:
 
     if args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
+    remote = _remote(args)
+    if remote is not None:
+        # On the device only: ONNX Runtime would run here, not there, so no comparison.
+        from ..remote import bench_remote
+
+        print(bench_remote(args.artifact, remote, threads=args.threads, warmup=args.warmup, repeat=args.repeat).table())
+        return 0
     report = bench_artifact(
         args.artifact,
         compare=tuple(args.compare or ["onnxruntime"]),
@@ -433,4 +484,66 @@ def _cmd_targets(args) -> int:
     width = max(len(p.name) for p in presets)
     for p in presets:
         print(f"{p.name:<{width}}  {p.description}")
+    return 0
+
+
+def _cmd_board_setup(args) -> int:
+    from .. import board
+
+    b = board.setup(log=lambda line: print(line, flush=True))
+    facts = b.facts()
+    print(f"board ready: {b.root} ({facts.get('size_mb', '?')} MB, TVM {facts.get('tvm')} runtime only)")
+    print("start it with: tvmdeploy board start [--target aarch64-cortex-a72] [--local-tracker]")
+    return 0
+
+
+def _cmd_board_start(args) -> int:
+    from .. import board
+
+    services = board.start(
+        preset=args.target, host=args.host, port=args.port, tracker=args.tracker,
+        local_tracker=args.local_tracker, key=args.key, log=lambda line: print(line, flush=True),
+    )
+    _print_services(services)
+    server = services["server"]
+    if server.tracker:
+        print(f"run on it with: tvmdeploy run ARTIFACT --tracker {server.tracker} --key {server.key} --random-inputs")
+        print(f"tune on it with: tvmdeploy tune MODEL --target {server.preset} --tracker {server.tracker} --key {server.key}")
+    else:
+        key = f" --key {server.key}" if server.key else ""
+        print(f"run on it with: tvmdeploy run ARTIFACT --rpc {server.address}{key} --random-inputs")
+    return 0
+
+
+def _print_services(services) -> None:
+    for s in services.values():
+        if s.role == "server":
+            under = f", registered with {s.tracker} as '{s.key}'" if s.tracker else ""
+            print(f"RPC server: {s.address} (qemu-aarch64 -cpu {s.cpu}, preset {s.preset}{under}), pid {s.pid}")
+        else:
+            print(f"RPC tracker: {s.address}, pid {s.pid}")
+
+
+def _cmd_board_stop(args) -> int:
+    from .. import board
+
+    stopped = board.stop()
+    print("stopped: " + ", ".join(f"{s.role} on {s.address}" for s in stopped) if stopped else "nothing was running")
+    return 0
+
+
+def _cmd_board_status(args) -> int:
+    from .. import board
+
+    state = board.status()
+    facts = state["facts"]
+    if state["ready"]:
+        timings = facts.get("timings", {})
+        print(f"board: {state['board']} (set up in {timings.get('total_s', '?')} s, {facts.get('size_mb', '?')} MB, TVM {facts.get('tvm')})")
+    else:
+        print(f"board: not set up ({state['board']}); run `tvmdeploy board setup`")
+    if state["services"]:
+        _print_services(state["services"])
+    else:
+        print("not running")
     return 0

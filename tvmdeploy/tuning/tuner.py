@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from ..errors import BuildError, TvmDeployError, summarize_exception
 from .cache import TargetCache
 from .progress import Progress, ProgressState
 from .records import RECORD_FILE, WORKLOAD_FILE, read_database
+
+if TYPE_CHECKING:
+    from .remote import RemoteMeasure
 
 # The lowering shared by tuning and building: kernels must be structurally identical to
 # the tuned workloads, or the records would not apply.
@@ -136,8 +140,12 @@ def tune(
     cache: TargetCache,
     budget: TuningBudget,
     progress: Progress | None = None,
+    measure: "RemoteMeasure | None" = None,
 ) -> TuningReport:
-    """Tune the kernels of `fused` that the cache does not cover, merging records into it."""
+    """Tune the kernels of `fused` that the cache does not cover, merging records into it.
+
+    measure: time candidates on a remote device (None: on this machine).
+    """
     if target.kind.name == "cuda":
         _require_tuning_gpu(target)
     started = time.monotonic()
@@ -196,7 +204,9 @@ def tune(
         log_dir = cache.folder / "logs" / time.strftime("%Y%m%d-%H%M%S")
         try:
             with _stop_on_signals(deadline, progress):
-                _run_metaschedule([t for t, _, _ in todo], target, database, trials, task_cap, deadline, callback, log_dir)
+                _run_metaschedule(
+                    [t for t, _, _ in todo], target, database, trials, task_cap, deadline, callback, log_dir, measure
+                )
         except Exception as e:
             raise BuildError(f"tuning failed: {summarize_exception(e)} (MetaSchedule logs: {log_dir})") from e
         if deadline.interrupted:
@@ -216,7 +226,7 @@ def tune(
     )
 
 
-def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callback, log_dir: Path) -> None:
+def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callback, log_dir: Path, measure=None) -> None:
     cores = int(target.attrs.get("num-cores", os.cpu_count() or 1)) if target.kind.name == "llvm" else (os.cpu_count() or 1)
     log_dir.mkdir(parents=True, exist_ok=True)
     _tvm.register_tensor_intrinsics(target.kind.name)  # before TuneContext imports them all
@@ -236,6 +246,7 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
         seed=0,
     )
     _logs_to_files_only(ms_logger)
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
     ms.tune_tasks(
         tasks=contexts,
         task_weights=weights,
@@ -248,15 +259,15 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
         num_trials_per_iter=_trials_per_iter(trials, per_task, len(tasks)),
         builder=ms.builder.LocalBuilder(
             f_build=_tvm.metaschedule_build,
+            f_export=measure.f_export() if measure else None,  # remote: link with the cross compiler
             # Once per worker (the pool is recreated per batch), not once per candidate.
             initializer=_builder_initializer(target),
             max_workers=cores,
             timeout_sec=60,
         ),
-        runner=ms.runner.LocalRunner(
-            timeout_sec=30,
-            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False),
-        ),
+        runner=measure.runner(evaluator)
+        if measure
+        else ms.runner.LocalRunner(timeout_sec=30, evaluator_config=evaluator),
         database=database,
         cost_model=ms.cost_model.XGBModel(num_tuning_cores=cores),
         # A list replaces MetaSchedule's defaults (add to database, remove build artifact,
