@@ -245,3 +245,19 @@ def test_cli_prunes_and_reports(tmp_path):
     assert manifest["extra"]["pruning"]["config"] == {
         "ratio": 0.25, "norm": "l1", "max_accuracy_drop": None, "type": "StructuredPruning", "version": 1,
     }
+
+
+def test_tune_with_the_same_pruning_tunes_the_kernels_compile_builds(tmp_path):
+    from tvmdeploy.compiler import tune_model
+    from tvmdeploy.tuning.tuner import TuningBudget
+
+    model_path = MODELS / "conv_bn_relu.onnx"
+    prune = StructuredPruning(ratio=0.5)
+    report = tune_model(model_path, budget=TuningBudget(trials=4), cache_dir=tmp_path / "cache", prune=prune)
+    tuned = sum(t.source == "tuned" for t in report.tasks)
+    assert report.trials > 0 and tuned > 0
+    pruned = compile_model(model_path, output_dir=tmp_path / "a", cache_dir=tmp_path / "cache", prune=prune)
+    assert pruned.manifest.extra["tuning"]["kernels_scheduled_from_cache"] >= tuned
+    # The unpruned model's convolutions have other shapes: those records do not apply.
+    plain = compile_model(model_path, output_dir=tmp_path / "b", cache_dir=tmp_path / "cache")
+    assert plain.manifest.extra["tuning"]["kernels_scheduled_from_cache"] < tuned

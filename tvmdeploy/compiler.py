@@ -24,6 +24,8 @@ from .tuning.progress import Progress
 from .weights_file import WEIGHTS_FILE, write_weights
 
 if TYPE_CHECKING:
+    import tvm
+
     from .pruning import PruningConfig
     from .quantization import QuantizationConfig
     from .tuning.tuner import TuningBudget
@@ -83,32 +85,8 @@ def compile_model(
     # 4. Prune and quantize (if asked). Structured pruning rewrites layers to fewer
     #    channels; magnitude pruning zeroes weights, which then travel compactly beside
     #    the library; int8 rewrites conv/matmul to int8 weights (and int8 compute).
-    pruning, quantization, weights = None, None, None
-    calibration = None
-    if calibration_data is not None:
-        if prune is None and quantize is None:
-            raise TvmDeployError("--calibration-data is for --prune and --quantize; neither was asked for")
-        from .pruning.prune import load_calibration
-
-        calibration = load_calibration(calibration_data, imported.inputs)
-    if prune is not None:
-        from .pruning.prune import prune_graph
-
-        mod, pruning = prune_graph(mod, prune, imported.inputs, calibration, progress)
-    if quantize is not None:
-        from .quantization.quantize import quantize_graph
-
-        mod, quantization = quantize_graph(mod, quantize, imported.inputs, calibration, progress, preset.device)
-    else:
-        # A pre-quantized (QDQ) model: its quantized layers compute in int8, not as float
-        # (a model without QuantizeLinear/DequantizeLinear comes back unchanged).
-        from .quantization.quantize import quantize_qdq_model
-
-        mod, quantization = quantize_qdq_model(mod, imported.inputs, progress)
-    if pruning is not None and pruning["scheme"] == "magnitude":
-        from .pruning.lift import lift_weights
-
-        mod, weights = lift_weights(mod)
+    shrunk = shrink_graph(mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress)
+    mod, pruning, quantization, weights = shrunk.mod, shrunk.pruning, shrunk.quantization, shrunk.weights
 
     # 5. Lower to fused kernels: the units that are tuned, cached and built.
     fused = lower_for_tuning(mod)
@@ -187,6 +165,45 @@ def compile_model(
     return CompileResult(artifact_dir=destination, manifest=manifest)
 
 
+@dataclass
+class ShrunkGraph:
+    mod: "tvm.ir.IRModule"
+    pruning: dict | None  # manifest reports
+    quantization: dict | None
+    weights: list | None  # weights to store beside the library (None: embedded)
+
+
+def shrink_graph(mod, inputs, prune=None, quantize=None, calibration_data=None, device="cpu", progress=None) -> ShrunkGraph:
+    """Pruning and quantization of the optimized graph, the same for compile and tune (so
+    tuning sees the kernels the artifact will have)."""
+    pruning, quantization, weights, calibration = None, None, None, None
+    if calibration_data is not None:
+        if prune is None and quantize is None:
+            raise TvmDeployError("--calibration-data is for --prune and --quantize; neither was asked for")
+        from .pruning.prune import load_calibration
+
+        calibration = load_calibration(calibration_data, inputs)
+    if prune is not None:
+        from .pruning.prune import prune_graph
+
+        mod, pruning = prune_graph(mod, prune, inputs, calibration, progress)
+    if quantize is not None:
+        from .quantization.quantize import quantize_graph
+
+        mod, quantization = quantize_graph(mod, quantize, inputs, calibration, progress, device)
+    else:
+        # A pre-quantized (QDQ) model: its quantized layers compute in int8, not as float
+        # (a model without QuantizeLinear/DequantizeLinear comes back unchanged).
+        from .quantization.quantize import quantize_qdq_model
+
+        mod, quantization = quantize_qdq_model(mod, inputs, progress)
+    if pruning is not None and pruning["scheme"] == "magnitude":
+        from .pruning.lift import lift_weights
+
+        mod, weights = lift_weights(mod)
+    return ShrunkGraph(mod, pruning, quantization, weights)
+
+
 def tune_model(
     model: str | os.PathLike,
     target: str = "host",
@@ -196,11 +213,16 @@ def tune_model(
     progress: Progress | None = None,
     tracker: str | None = None,
     key: str | None = None,
+    prune: "PruningConfig | None" = None,
+    quantize: "QuantizationConfig | None" = None,
+    calibration_data: str | os.PathLike | None = None,
 ):
     """Tune a model's kernels for a target into the tuning cache (no artifact); returns a TuningReport.
 
     tracker ('HOST:PORT') and key: measure the candidates on a device that TVM RPC tracker
     hands out under that key (cross-compiled with the preset's toolchain), not here.
+    prune / quantize / calibration_data: as for compile_model, so the tuned kernels are
+    the ones a compile with the same options builds.
     """
     from . import _tvm
     from .tuning.cache import TargetCache
@@ -220,6 +242,7 @@ def tune_model(
         require_local_measurement(preset)
     imported = import_model(model, input_shapes=input_shapes)
     mod, _ = optimize_graph(imported.mod)
+    mod = shrink_graph(mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress).mod
     cache = TargetCache.open(_tvm.target_to_dict(tvm_target), _tvm.TVM_VERSION, cache_dir)
     return tune(lower_for_tuning(mod), tvm_target, cache, budget or TuningBudget(), progress, measure)
 

@@ -74,29 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tune", action="store_true", help="tune the kernels the tuning cache does not cover yet")
     p.add_argument("--tune-trials", type=int, default=None, metavar="N", help="tuning trials (implies --tune; default 1000)")
     _add_tuning_options(p)
-    p.add_argument(
-        "--prune", metavar="SCHEME[:RATIO]",
-        help="structured:0.3 (remove 30%% of channels), magnitude:0.5 (zero 50%% of weights; also "
-        "magnitude:alpha=1.0 or magnitude:0.5,scope=layer), or a scheme alone with --max-accuracy-drop",
-    )
-    p.add_argument(
-        "--max-accuracy-drop", type=float, default=None, metavar="POINTS",
-        help="top-1 points pruning may cost (accuracy with labels, else agreement); needs --calibration-data",
-    )
-    p.add_argument(
-        "--quantize", choices=["int8-weight", "int8", "fp16"],
-        help="int8-weight: int8 weights, float compute; int8: calibrated int8 compute (needs --calibration-data)",
-    )
-    p.add_argument("--observer", choices=["minmax", "percentile"], default=None, help="int8 activation ranges (default minmax)")
-    p.add_argument("--percentile", type=float, default=None, help="for --observer percentile (default 99.99)")
-    p.add_argument(
-        "--min-layer-sqnr", type=float, default=None, metavar="DB",
-        help="int8: keep layers whose estimated int8 SQNR is below DB in float",
-    )
-    p.add_argument(
-        "--calibration-data", metavar="FILE.npz",
-        help="samples for pruning/quantization: one array per input (first axis: samples), optional 'label'",
-    )
+    _add_shrink_options(p)
     p.set_defaults(handler=_cmd_compile)
 
     p = sub.add_parser("tune", help="tune a model's kernels for a target into the tuning cache")
@@ -105,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=1000, help="trials across all kernels (default 1000)")
     _add_input_shape(p)
     _add_tuning_options(p)
+    _add_shrink_options(p)
     p.add_argument("--tracker", metavar="HOST:PORT", help="measure on a device from this TVM RPC tracker (cross presets)")
     p.add_argument("--key", help="the device key under --tracker (e.g. the board's preset name)")
     p.set_defaults(handler=_cmd_tune)
@@ -228,10 +207,35 @@ def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _cmd_compile(args) -> int:
-    from ..compiler import compile_model
+def _add_shrink_options(p) -> None:
+    """--prune / --quantize and their options: the same for compile and tune."""
+    p.add_argument(
+        "--prune", metavar="SCHEME[:RATIO]",
+        help="structured:0.3 (remove 30%% of channels), magnitude:0.5 (zero 50%% of weights; also "
+        "magnitude:alpha=1.0 or magnitude:0.5,scope=layer), or a scheme alone with --max-accuracy-drop",
+    )
+    p.add_argument(
+        "--max-accuracy-drop", type=float, default=None, metavar="POINTS",
+        help="top-1 points pruning may cost (accuracy with labels, else agreement); needs --calibration-data",
+    )
+    p.add_argument(
+        "--quantize", choices=["int8-weight", "int8", "fp16"],
+        help="int8-weight: int8 weights, float compute; int8: calibrated int8 compute (needs --calibration-data)",
+    )
+    p.add_argument("--observer", choices=["minmax", "percentile"], default=None, help="int8 activation ranges (default minmax)")
+    p.add_argument("--percentile", type=float, default=None, help="for --observer percentile (default 99.99)")
+    p.add_argument(
+        "--min-layer-sqnr", type=float, default=None, metavar="DB",
+        help="int8: keep layers whose estimated int8 SQNR is below DB in float",
+    )
+    p.add_argument(
+        "--calibration-data", metavar="FILE.npz",
+        help="samples for pruning/quantization: one array per input (first axis: samples), optional 'label'",
+    )
 
-    tune = args.tune or args.tune_trials is not None
+
+def _shrink_configs(args):
+    """(prune config, quantize config) from the parsed options."""
     prune = None
     if args.prune:
         from ..pruning import parse_prune_spec
@@ -249,6 +253,14 @@ def _cmd_compile(args) -> int:
         raise UsageError("--observer, --percentile and --min-layer-sqnr go with --quantize int8")
     if args.max_accuracy_drop is not None and not (args.prune or args.quantize):
         raise UsageError("--max-accuracy-drop goes with --prune or --quantize (e.g. --prune structured --max-accuracy-drop 1.0)")
+    return prune, quantize
+
+
+def _cmd_compile(args) -> int:
+    from ..compiler import compile_model
+
+    tune = args.tune or args.tune_trials is not None
+    prune, quantize = _shrink_configs(args)
     result = compile_model(
         args.model,
         target=args.target,
@@ -305,6 +317,7 @@ def _ms(value) -> str:
 def _cmd_tune(args) -> int:
     from ..compiler import tune_model
 
+    prune, quantize = _shrink_configs(args)
     report = tune_model(
         args.model,
         target=args.target,
@@ -313,6 +326,9 @@ def _cmd_tune(args) -> int:
         cache_dir=args.cache_dir,
         tracker=args.tracker,
         key=args.key,
+        prune=prune,
+        quantize=quantize,
+        calibration_data=args.calibration_data,
     )
     print(
         f"{report.trials} new trials in {report.seconds:.0f} s ({report.stopped_by}); "
