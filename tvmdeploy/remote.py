@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import ArtifactError, RemoteError, summarize_exception
 from .manifest import Manifest
-from .runtime import LoadedModel, _to_numpy, read_manifest, verify_files
+from .runtime import LoadedModel, read_manifest, to_numpy, verify_files
 
 __all__ = ["RemoteDevice", "RemoteBench", "RemoteModel", "bench_remote", "load_remote", "parse_address", "tracker_summary", "wait_for_device"]
 
@@ -196,7 +196,7 @@ class RemoteModel:
     def __call__(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
         tensors = self._upload_inputs(self._bind_inputs(args, kwargs))
         try:
-            return _to_numpy(self._main(*tensors))
+            return to_numpy(self._main(*tensors))
         except Exception as e:
             raise RemoteError(f"the remote run failed ({self.device.describe()}): {summarize_exception(e)}") from None
 
