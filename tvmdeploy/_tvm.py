@@ -128,14 +128,12 @@ def register_tensor_intrinsics(target_kind: str = "llvm") -> None:
 
     `import tvm.s_tir.tensor_intrin` registers every platform's, and the CUDA ones take
     ~22 s on this machine; the CPU ones ~1 s. MetaSchedule imports the package (in
-    TuneContext and in its default builder), so for CPU targets the package is made
-    present without running its __init__, and only the CPU submodules are imported.
+    TuneContext and in its default builder), so the package is made present without
+    running its __init__, and only the submodules the target needs are imported (the
+    CPU ones always, CUDA's for "cuda").
     Idempotent; used in-process and as the builder workers' initializer.
     """
     name = "tvm.s_tir.tensor_intrin"
-    if target_kind != "llvm":
-        importlib.import_module(name)
-        return
     if name not in sys.modules:
         spec = importlib.util.find_spec(name)
         package = types.ModuleType(name)
@@ -145,6 +143,10 @@ def register_tensor_intrinsics(target_kind: str = "llvm") -> None:
         sys.modules[name] = package
     importlib.import_module(f"{name}.x86")
     importlib.import_module(f"{name}.arm_cpu")
+    if target_kind == "cuda":
+        # Explicitly: once a CPU registration put the package in sys.modules without its
+        # __init__, importing the package no longer brings the CUDA ones in.
+        importlib.import_module(f"{name}.cuda")
 
 
 @contextlib.contextmanager
