@@ -12,13 +12,13 @@ from conftest import MODELS, ort_run
 from tvm import relax
 
 from tvmdeploy import compile_model, load
+from tvmdeploy.calibration import sqnr_db
 from tvmdeploy.data import DIGITS_CALIBRATION, DIGITS_CNN, DIGITS_TEST
 from tvmdeploy.passes.quantize_int8 import (
     QuantizeLayersInt8,
     QuantizeWeightsInt8,
     quantize_weight,
 )
-from tvmdeploy.pruning.prune import sqnr_db
 from tvmdeploy.quantization import (
     Int8Static,
     Int8WeightOnly,

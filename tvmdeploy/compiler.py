@@ -180,7 +180,7 @@ def shrink_graph(mod, inputs, prune=None, quantize=None, calibration_data=None, 
     if calibration_data is not None:
         if prune is None and quantize is None:
             raise TvmDeployError("--calibration-data is for --prune and --quantize; neither was asked for")
-        from .pruning.prune import load_calibration
+        from .calibration import load_calibration
 
         calibration = load_calibration(calibration_data, inputs)
     if prune is not None:

@@ -23,6 +23,7 @@ from tvm.relax.transform import function_pass
 
 from ..errors import BuildError
 from ..pruning.channels import BINARY, analyze_channels, constant_array, kept_indices
+from .layer_calls import is_primitive
 
 
 @function_pass(opt_level=0)
@@ -34,7 +35,7 @@ class PruneChannels:
         self.keep = {name: np.asarray(sorted(int(c) for c in channels), dtype=np.int64) for name, channels in keep.items()}
 
     def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
-        if func.attrs is not None and "Primitive" in func.attrs.keys() and func.attrs["Primitive"] != 0:
+        if is_primitive(func):
             return func
         if not self.keep:
             return func

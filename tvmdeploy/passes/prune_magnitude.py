@@ -14,7 +14,7 @@ from tvm.ir.transform import PassContext
 from tvm.relax.transform import function_pass
 
 from ..errors import BuildError
-from ..pruning.channels import analyze_channels
+from .layer_calls import is_primitive, rewrite_layer_calls
 
 
 def magnitude_masks(
@@ -58,35 +58,21 @@ class PruneMagnitude:
         self.masks = dict(masks)
 
     def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
-        if func.attrs is not None and "Primitive" in func.attrs.keys() and func.attrs["Primitive"] != 0:
+        if is_primitive(func):
             return func
-        graph = analyze_channels(func)
-        replace = {}
-        for layer in graph.layers:
+
+        def zero(layer, call):
             mask = self.masks.get(layer.name)
             if mask is None:
-                continue
-            call = graph.bindings[layer.slot[0]].value
+                return None
             weight = call.args[layer.slot[1]].value.numpy()
             if mask.shape != weight.shape:
                 raise BuildError(f"magnitude pruning: mask for {layer.name} has shape {mask.shape}, weight {weight.shape}")
-            replace[call] = relax.Call(
-                call.op, [call.args[0], relax.const(np.where(mask, weight, 0).astype(weight.dtype)), *call.args[2:]],
-                call.attrs,
-            )
-        unknown = set(self.masks) - {layer.name for layer in graph.layers}
+            pruned = relax.const(np.where(mask, weight, 0).astype(weight.dtype))
+            return relax.Call(call.op, [call.args[0], pruned, *call.args[2:]], call.attrs)
+
+        func, names = rewrite_layer_calls(func, zero)
+        unknown = set(self.masks) - set(names)
         if unknown:
             raise BuildError(f"magnitude pruning: no conv2d/matmul layer named {', '.join(sorted(unknown))}")
-        return _replace_calls(func, replace) if replace else func
-
-
-def _replace_calls(func: relax.Function, replace: dict) -> relax.Function:
-    @relax.expr_functor.mutator
-    class Replacer(relax.PyExprMutator):
-        def visit_call_(self, call):
-            for old, new in replace.items():
-                if old.same_as(call):
-                    return super().visit_call_(new)
-            return super().visit_call_(call)
-
-    return Replacer().visit_expr(func)
+        return func

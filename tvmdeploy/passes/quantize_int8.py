@@ -22,8 +22,7 @@ from tvm.ir.transform import PassContext
 from tvm.relax.dpl import is_op, wildcard
 from tvm.relax.transform import function_pass
 
-from ..pruning.channels import analyze_channels
-from .prune_magnitude import _replace_calls
+from .layer_calls import is_primitive, rewrite_layer_calls
 
 
 def quantize_weight(weight: np.ndarray, out_axis: int, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -51,20 +50,17 @@ class QuantizeWeightsInt8:
         self.per_channel = per_channel
 
     def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
-        if func.attrs is not None and "Primitive" in func.attrs.keys() and func.attrs["Primitive"] != 0:
+        if is_primitive(func):
             return func
-        graph = analyze_channels(func)
-        replace = {}
-        for layer in graph.layers:
-            if self.layers is not None and layer.name not in self.layers:
-                continue
-            call = graph.bindings[layer.slot[0]].value
+
+        def quantize(layer, call):
             weight = call.args[1].value.numpy()
-            if weight.dtype != np.float32:
-                continue
+            if (self.layers is not None and layer.name not in self.layers) or weight.dtype != np.float32:
+                return None
             quantized, scale = quantize_weight(weight, layer.out_axis, self.per_channel)
-            replace[call] = relax.Call(call.op, [call.args[0], _decode(quantized, scale), *call.args[2:]], call.attrs)
-        return _replace_calls(func, replace) if replace else func
+            return relax.Call(call.op, [call.args[0], _decode(quantized, scale), *call.args[2:]], call.attrs)
+
+        return rewrite_layer_calls(func, quantize)[0]
 
 
 def FuseDecodeIntoConsumer():  # noqa: N802 - a pass constructor, named like TVM's
@@ -86,31 +82,29 @@ class QuantizeLayersInt8:
         self.per_channel = per_channel
 
     def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
-        if func.attrs is not None and "Primitive" in func.attrs.keys() and func.attrs["Primitive"] != 0:
+        if is_primitive(func):
             return func
-        graph = analyze_channels(func)
-        replace = {}
-        for layer in graph.layers:
-            s_x = self.input_scales.get(layer.name)
-            if s_x is None:
-                continue
-            call = graph.bindings[layer.slot[0]].value
-            weight = call.args[1].value.numpy()
-            quantized, s_w = quantize_weight(weight, layer.out_axis, self.per_channel)
-            x = relax.op.astype(
-                relax.op.clip(relax.op.round(relax.op.divide(call.args[0], relax.const(np.float32(s_x)))), -128, 127),
-                "int8",
+        return rewrite_layer_calls(func, self._int8_call)[0]
+
+    def _int8_call(self, layer, call):
+        s_x = self.input_scales.get(layer.name)
+        if s_x is None:
+            return None
+        weight = call.args[1].value.numpy()
+        quantized, s_w = quantize_weight(weight, layer.out_axis, self.per_channel)
+        x = relax.op.astype(
+            relax.op.clip(relax.op.round(relax.op.divide(call.args[0], relax.const(np.float32(s_x)))), -128, 127),
+            "int8",
+        )
+        if layer.op == "conv2d":
+            a = call.attrs
+            acc = relax.op.nn.conv2d(
+                x, relax.const(quantized), strides=a.strides, padding=a.padding, dilation=a.dilation,
+                groups=a.groups, data_layout=a.data_layout, kernel_layout=a.kernel_layout,
+                out_layout=a.out_layout or None, out_dtype="int32",
             )
-            if layer.op == "conv2d":
-                a = call.attrs
-                acc = relax.op.nn.conv2d(
-                    x, relax.const(quantized), strides=a.strides, padding=a.padding, dilation=a.dilation,
-                    groups=a.groups, data_layout=a.data_layout, kernel_layout=a.kernel_layout,
-                    out_layout=a.out_layout or None, out_dtype="int32",
-                )
-                rescale = (s_x * s_w).reshape(1, -1, 1, 1)
-            else:
-                acc = relax.op.matmul(x, relax.const(quantized), out_dtype="int32")
-                rescale = (s_x * s_w).reshape(-1)
-            replace[call] = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(rescale.astype(np.float32)))
-        return _replace_calls(func, replace) if replace else func
+            rescale = (s_x * s_w).reshape(1, -1, 1, 1)
+        else:
+            acc = relax.op.matmul(x, relax.const(quantized), out_dtype="int32")
+            rescale = (s_x * s_w).reshape(-1)
+        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(rescale.astype(np.float32)))

@@ -10,11 +10,11 @@ pruned model's outputs exactly, so a scan costs inference passes, not builds.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 
 import numpy as np
 
+from ..calibration import Calibration, accuracy_report, random_calibration
 from ..passes.prune_channels import PruneChannels
 from ..passes.prune_magnitude import PruneMagnitude, magnitude_masks
 from .channels import kept_indices
@@ -29,110 +29,26 @@ from .config import (
 from .evaluate import WeightEditableModel
 from .stats import model_stats
 
-RANDOM_SAMPLES = 32
-
-
-@dataclass
-class Calibration:
-    source: str  # the file, or "random inputs"
-    samples: list[list[np.ndarray]]  # per sample, one array per model input (batch 1)
-    labels: np.ndarray | None
-
-
-def load_calibration(path: str | Path, inputs) -> Calibration:
-    """An .npz with one array per model input (first axis: samples) and optionally
-    `label`/`labels` (integer class per sample)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PruningError(f"calibration data {path}: no such file")
-    try:
-        data = dict(np.load(path, allow_pickle=False))
-    except Exception as e:  # numpy raises several types for a non-npz file
-        raise PruningError(f"calibration data {path}: not a readable .npz file ({e})") from None
-    names = [s.name for s in inputs]
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise PruningError(
-            f"calibration data {path}: no array for input(s) {', '.join(map(repr, missing))} "
-            f"(it has {', '.join(map(repr, sorted(data))) or 'nothing'}); save it with np.savez(file, "
-            + ", ".join(f"{n}=..." for n in names) + ")"
-        )
-    per_input, count = [], None
-    for spec in inputs:
-        array = data[spec.name]
-        shape = tuple(spec.shape)
-        if tuple(array.shape[1:]) == shape[1:] and shape[0] == 1:
-            samples = [array[i : i + 1] for i in range(array.shape[0])]
-        elif tuple(array.shape[1:]) == shape:
-            samples = [array[i] for i in range(array.shape[0])]
-        else:
-            raise PruningError(
-                f"calibration data {path}: input {spec.name!r} has shape {list(array.shape)}, expected "
-                f"[N, {', '.join(map(str, shape[1:] if shape[0] == 1 else shape))}] (N samples of {spec.describe()})"
-            )
-        samples = [np.ascontiguousarray(s, dtype=spec.dtype) for s in samples]
-        if count is not None and len(samples) != count:
-            raise PruningError(f"calibration data {path}: inputs have different sample counts")
-        count = len(samples)
-        per_input.append(samples)
-    if not count:
-        raise PruningError(f"calibration data {path}: no samples")
-    labels = data.get("label", data.get("labels"))
-    if labels is not None:
-        labels = np.asarray(labels).reshape(-1)
-        if labels.shape[0] != count or labels.dtype.kind not in "iu":
-            raise PruningError(f"calibration data {path}: 'label' must hold one integer class per sample ({count})")
-    return Calibration(str(path), [list(s) for s in zip(*per_input)], labels)
-
-
-def random_calibration(inputs, count: int = RANDOM_SAMPLES) -> Calibration:
-    rng = np.random.default_rng(0)
-    samples = [[rng.standard_normal(s.shape).astype(s.dtype) for s in inputs] for _ in range(count)]
-    return Calibration("random inputs", samples, None)
-
-
-def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
-    noise = np.linalg.norm((reference - actual).astype(np.float64))
-    signal = np.linalg.norm(reference.astype(np.float64))
-    return float("inf") if noise == 0 else float(20 * np.log10(signal / noise)) if signal > 0 else float("-inf")
-
 
 class _Scorer:
-    """Top-1 (accuracy with labels, else agreement with the unpruned model) in percent."""
+    """Drop in top-1 points (accuracy with labels, else agreement with the unpruned model)."""
 
     def __init__(self, model: WeightEditableModel, calibration: Calibration):
         self.model, self.calibration = model, calibration
         self.reference = model.run(model.weights, calibration.samples)
-        self.base = self._top1(self.reference)
         self.evaluations = 0
-
-    def _top1(self, outputs) -> float:
-        predicted = np.stack([np.argmax(o[0].reshape(-1, o[0].shape[-1]), axis=-1) for o in outputs])
-        if self.calibration.labels is not None:
-            return float(100.0 * np.mean(predicted[:, 0] == self.calibration.labels))
-        reference = np.stack([np.argmax(o[0].reshape(-1, o[0].shape[-1]), axis=-1) for o in self.reference])
-        return float(100.0 * np.mean(predicted == reference))
 
     def drop(self, weights) -> tuple[float, list]:
         self.evaluations += 1
         outputs = self.model.run(weights, self.calibration.samples)
-        return self.base - self._top1(outputs), outputs
+        return accuracy_report(self.reference, outputs, self.calibration)["drop"], outputs
 
     @property
     def metric(self) -> str:
         return "top1_accuracy" if self.calibration.labels is not None else "top1_agreement"
 
     def report(self, outputs) -> dict:
-        sqnr = [
-            sqnr_db(np.concatenate([r[i].reshape(-1) for r in self.reference]), np.concatenate([o[i].reshape(-1) for o in outputs]))
-            for i in range(len(outputs[0]))
-        ]
-        after = self._top1(outputs)
-        return {
-            "metric": self.metric, "data": self.calibration.source, "samples": len(self.calibration.samples),
-            "before": round(self.base, 3), "after": round(after, 3), "drop": round(self.base - after, 3),
-            "output_sqnr_db": [round(s, 2) if np.isfinite(s) else None for s in sqnr],
-        }
+        return accuracy_report(self.reference, outputs, self.calibration)
 
 
 def prune_graph(mod, config: PruningConfig, inputs, calibration: Calibration | None = None, progress=None):

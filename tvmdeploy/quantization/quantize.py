@@ -15,6 +15,7 @@ from dataclasses import asdict
 import numpy as np
 
 from .._tvm import relax, tvm
+from ..calibration import accuracy_report, random_calibration, sqnr_db
 from ..host_eval import HostModel
 from ..passes.quantize_int8 import (
     FuseDecodeIntoConsumer,
@@ -22,7 +23,6 @@ from ..passes.quantize_int8 import (
     QuantizeWeightsInt8,
 )
 from ..pruning.channels import analyze_channels, bindings_of
-from ..pruning.prune import random_calibration, sqnr_db
 from ..pruning.stats import model_stats
 from .config import (
     CONFIG_VERSION,
@@ -68,7 +68,7 @@ def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, pr
 
     reference = HostModel(mod, "measure quantization").run(data.samples)
     outputs = HostModel(quantized, "measure quantization").run(data.samples)
-    accuracy = _accuracy(reference, outputs, data)
+    accuracy = accuracy_report(reference, outputs, data)
     if config.max_accuracy_drop is not None and accuracy["drop"] > config.max_accuracy_drop + 1e-9:
         raise QuantizationError(
             f"quantization costs {accuracy['drop']:.2f} points of {accuracy['metric']} on {data.source}, more than "
@@ -109,7 +109,7 @@ def quantize_qdq_model(mod, inputs, progress=None):
     quantized = QuantizeLayersInt8(scales)(mod)
     data = random_calibration(inputs)
     reference = HostModel(mod, "measure the QDQ model").run(data.samples)
-    accuracy = _accuracy(reference, HostModel(quantized, "measure the QDQ model").run(data.samples), data)
+    accuracy = accuracy_report(reference, HostModel(quantized, "measure the QDQ model").run(data.samples), data)
     report = {
         "scheme": "qdq-int8",
         "config": {"type": "QDQ", "version": CONFIG_VERSION, "source": "the model's QuantizeLinear/DequantizeLinear"},
@@ -163,26 +163,3 @@ def _tap_layer_inputs(mod, graph) -> tvm.ir.IRModule:
     out = tvm.ir.IRModule(dict(flat.functions_items()))
     out["main"] = new
     return out
-
-
-def _accuracy(reference, outputs, data) -> dict:
-    def top1(runs):
-        return np.stack([np.argmax(r[0].reshape(-1, r[0].shape[-1]), axis=-1) for r in runs])
-
-    ref_top1, out_top1 = top1(reference), top1(outputs)
-    if data.labels is not None:
-        metric = "top1_accuracy"
-        before = 100.0 * float(np.mean(ref_top1[:, 0] == data.labels))
-        after = 100.0 * float(np.mean(out_top1[:, 0] == data.labels))
-    else:
-        metric = "top1_agreement"
-        before, after = 100.0, 100.0 * float(np.mean(ref_top1 == out_top1))
-    sqnr = [
-        sqnr_db(np.concatenate([r[i].reshape(-1) for r in reference]), np.concatenate([o[i].reshape(-1) for o in outputs]))
-        for i in range(len(reference[0]))
-    ]
-    return {
-        "metric": metric, "data": data.source, "samples": len(data.samples),
-        "before": round(before, 3), "after": round(after, 3), "drop": round(before - after, 3),
-        "output_sqnr_db": [round(s, 2) if np.isfinite(s) else None for s in sqnr],
-    }
