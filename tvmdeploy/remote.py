@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .bench import Timing
 from .errors import ArtifactError, RemoteError, summarize_exception
 from .manifest import Manifest
 from .runtime import LoadedModel, read_manifest, to_numpy, verify_files
@@ -250,18 +251,15 @@ class RemoteBench:
     seconds: tuple[float, ...]
 
     @property
-    def median_ms(self) -> float:
-        return float(np.median(self.seconds) * 1e3)
-
-    @property
-    def p90_ms(self) -> float:
-        return float(np.percentile(self.seconds, 90) * 1e3)
+    def timing(self) -> Timing:
+        return Timing(self.device, self.seconds)
 
     def table(self) -> str:
         threads = f"{self.threads} thread(s)" if self.threads else "the device's default threads"
+        timing = self.timing
         return (
             f"{self.model_name} ({self.preset}) on {self.device}, {threads}, {len(self.seconds)} runs after warm-up, "
-            f"timed on the device\n  median {self.median_ms:.3f} ms   p90 {self.p90_ms:.3f} ms"
+            f"timed on the device\n  median {timing.median_ms:.3f} ms   p90 {timing.p90_ms:.3f} ms"
         )
 
 
