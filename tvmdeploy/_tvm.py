@@ -109,6 +109,13 @@ def required_cpu_flags(target: tvm.target.Target) -> list[str]:
     return sorted({flag for feat, flag in _LLVM_FEATURE_TO_CPUINFO.items() if feat in features})
 
 
+def cpu_features(target: tvm.target.Target) -> set[str]:
+    """LLVM feature names (avx2, avx512vnni, dotprod...) of an llvm target; empty otherwise."""
+    if target.kind.name != "llvm":
+        return set()
+    return set(_llvm_codegen.llvm_get_cpu_features(target))
+
+
 def cross_compiler(compiler: str, options: list[str]) -> Callable:
     # A fresh function per export: the one cross_compiler returns appends `options`
     # to its own list on every call.
@@ -143,6 +150,9 @@ def register_tensor_intrinsics(target_kind: str = "llvm") -> None:
         sys.modules[name] = package
     importlib.import_module(f"{name}.x86")
     importlib.import_module(f"{name}.arm_cpu")
+    from .kernels.x86_intrin import register_x86_intrinsics
+
+    register_x86_intrinsics()
     if target_kind == "cuda":
         # Explicitly: once a CPU registration put the package in sys.modules without its
         # __init__, importing the package no longer brings the CUDA ones in.
@@ -273,6 +283,7 @@ def metaschedule_alloc_from_host(session, device, args_info, alloc_repeat):
 
 __all__ = [
     "TVM_VERSION",
+    "cpu_features",
     "cross_compiler",
     "detect_host",
     "dlight_gpu_default_schedule",

@@ -85,7 +85,7 @@ def compile_model(
     # 4. Prune and quantize (if asked). Structured pruning rewrites layers to fewer
     #    channels; magnitude pruning zeroes weights, which then travel compactly beside
     #    the library; int8 rewrites conv/matmul to int8 weights (and int8 compute).
-    shrunk = shrink_graph(mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress)
+    shrunk = shrink_graph(mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress, tvm_target)
     mod, pruning, quantization, weights = shrunk.mod, shrunk.pruning, shrunk.quantization, shrunk.weights
 
     # 5. Lower to fused kernels: the units that are tuned, cached and built.
@@ -173,7 +173,9 @@ class ShrunkGraph:
     weights: list | None  # weights to store beside the library (None: embedded)
 
 
-def shrink_graph(mod, inputs, prune=None, quantize=None, calibration_data=None, device="cpu", progress=None) -> ShrunkGraph:
+def shrink_graph(
+    mod, inputs, prune=None, quantize=None, calibration_data=None, device="cpu", progress=None, target=None
+) -> ShrunkGraph:
     """Pruning and quantization of the optimized graph, the same for compile and tune (so
     tuning sees the kernels the artifact will have)."""
     pruning, quantization, weights, calibration = None, None, None, None
@@ -190,13 +192,13 @@ def shrink_graph(mod, inputs, prune=None, quantize=None, calibration_data=None, 
     if quantize is not None:
         from .quantization.quantize import quantize_graph
 
-        mod, quantization = quantize_graph(mod, quantize, inputs, calibration, progress, device)
+        mod, quantization = quantize_graph(mod, quantize, inputs, calibration, progress, device, target)
     else:
         # A pre-quantized (QDQ) model: its quantized layers compute in int8, not as float
         # (a model without QuantizeLinear/DequantizeLinear comes back unchanged).
         from .quantization.quantize import quantize_qdq_model
 
-        mod, quantization = quantize_qdq_model(mod, inputs, progress)
+        mod, quantization = quantize_qdq_model(mod, inputs, progress, target)
     if pruning is not None and pruning["scheme"] == "magnitude":
         from .pruning.lift import lift_weights
 
@@ -242,7 +244,7 @@ def tune_model(
         require_local_measurement(preset)
     imported = import_model(model, input_shapes=input_shapes)
     mod, _ = optimize_graph(imported.mod)
-    mod = shrink_graph(mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress).mod
+    mod = shrink_graph(mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress, tvm_target).mod
     cache = TargetCache.open(_tvm.target_to_dict(tvm_target), _tvm.TVM_VERSION, cache_dir)
     return tune(lower_for_tuning(mod), tvm_target, cache, budget or TuningBudget(), progress, measure)
 

@@ -18,22 +18,35 @@ from typing import Iterable, Mapping
 
 import numpy as np
 from tvm import IRModule, relax
-from tvm.ir.transform import PassContext
+from tvm.ir.transform import PassContext, module_pass
 from tvm.relax.dpl import is_op, wildcard
 from tvm.relax.transform import function_pass
 
+from ..kernels.int8_packed import (
+    ZERO_POINT,
+    conv2d_eligible,
+    conv2d_nhwc_u8s8,
+    dense_eligible,
+    dense_u8s8,
+    pack_conv2d_weight,
+    pack_dense_weight,
+    zero_point_correction,
+)
+from ..pruning.channels import static_shape
 from .layer_calls import is_primitive, rewrite_layer_calls
 
 
-def quantize_weight(weight: np.ndarray, out_axis: int, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8: (Wq int8, scale float32 broadcastable against W)."""
+def quantize_weight(
+    weight: np.ndarray, out_axis: int, per_channel: bool = True, weight_max: int = 127
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 in [-weight_max, weight_max]: (Wq int8, scale float32 broadcastable against W)."""
     moved = np.moveaxis(weight, out_axis, 0).reshape(weight.shape[out_axis], -1)
     peak = np.abs(moved).max(axis=1) if per_channel else np.full(moved.shape[0], np.abs(moved).max())
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    scale = np.where(peak > 0, peak / float(weight_max), 1.0).astype(np.float32)
     shape = [1] * weight.ndim
     shape[out_axis] = weight.shape[out_axis]
     scale = scale.reshape(shape)
-    quantized = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
+    quantized = np.clip(np.round(weight / scale), -weight_max, weight_max).astype(np.int8)
     return quantized, scale
 
 
@@ -73,38 +86,87 @@ def FuseDecodeIntoConsumer():  # noqa: N802 - a pass constructor, named like TVM
     return relax.transform.FuseOpsByPattern(patterns, bind_constants=False, annotate_codegen=False)
 
 
-@function_pass(opt_level=0)
+@module_pass(opt_level=0)
 class QuantizeLayersInt8:
-    """input_scales: {layer name: activation scale}; those layers compute int8 x int8 -> int32."""
+    """input_scales: {layer name: activation scale}; those layers compute int8 x int8 -> int32.
 
-    def __init__(self, input_scales: Mapping[str, float], per_channel: bool = True):
+    packed: where the target has an x86 int8 dot-product instruction (VNNI, AVX2), layers
+    in its layout (NHWC conv2d with OHWI weights, dense) whose channel counts fit (output
+    channels a multiple of 16, input channels of 4) run the u8 x s8 kernels of
+    kernels.int8_packed instead: activations stored as q + 128, weights packed here once,
+    the +128 taken back by a per-channel int32 constant. weight_max: 127, or 63 where the
+    instruction sums u8 x s8 pairs in int16 (vpmaddubsw), which saturates beyond that.
+    """
+
+    def __init__(self, input_scales: Mapping[str, float], per_channel: bool = True, packed: bool = False,
+                 weight_max: int = 127):
         self.input_scales = dict(input_scales)
         self.per_channel = per_channel
+        self.packed = packed
+        self.weight_max = weight_max
 
-    def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
-        if is_primitive(func):
-            return func
-        return rewrite_layer_calls(func, self._int8_call)[0]
+    def transform_module(self, mod: IRModule, ctx: PassContext) -> IRModule:
+        kernels = relax.BlockBuilder()  # gives the new kernels' GlobalVars their types
+        functions = {}
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function) and not is_primitive(func):
+                func = rewrite_layer_calls(func, lambda layer, call: self._int8_call(layer, call, kernels))[0]
+            functions[gv] = func
+        out = IRModule(functions, attrs=mod.attrs)
+        for gv, prim in kernels.get().functions_items():
+            out[gv] = prim
+        return relax.transform.Normalize()(out)
 
-    def _int8_call(self, layer, call):
+    def _int8_call(self, layer, call, kernels):
         s_x = self.input_scales.get(layer.name)
         if s_x is None:
             return None
         weight = call.args[1].value.numpy()
-        quantized, s_w = quantize_weight(weight, layer.out_axis, self.per_channel)
-        x = relax.op.astype(
-            relax.op.clip(relax.op.round(relax.op.divide(call.args[0], relax.const(np.float32(s_x)))), -128, 127),
-            "int8",
-        )
+        quantized, s_w = quantize_weight(weight, layer.out_axis, self.per_channel, self.weight_max)
+        packed = self.packed and self._packable(layer, call)
+        scaled = relax.op.round(relax.op.divide(call.args[0], relax.const(np.float32(s_x))))
+        if packed:
+            x = relax.op.astype(relax.op.clip(relax.op.add(scaled, relax.const(np.float32(ZERO_POINT))), 0, 255), "uint8")
+            acc = self._packed_call(layer, call, x, quantized, kernels)
+            acc = relax.op.add(acc, relax.const(zero_point_correction(quantized, layer.out_axis)))
+        else:
+            x = relax.op.astype(relax.op.clip(scaled, -128, 127), "int8")
+            if layer.op == "conv2d":
+                a = call.attrs
+                acc = relax.op.nn.conv2d(
+                    x, relax.const(quantized), strides=a.strides, padding=a.padding, dilation=a.dilation,
+                    groups=a.groups, data_layout=a.data_layout, kernel_layout=a.kernel_layout,
+                    out_layout=a.out_layout or None, out_dtype="int32",
+                )
+            else:
+                acc = relax.op.matmul(x, relax.const(quantized), out_dtype="int32")
+        rescale = (s_x * s_w).reshape(-1)
+        if layer.op == "conv2d" and layer.data_axis == 1:
+            rescale = rescale.reshape(1, -1, 1, 1)
+        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(rescale.astype(np.float32)))
+
+    @staticmethod
+    def _packable(layer, call) -> bool:
+        x_shape = static_shape(call.args[0])
+        if x_shape is None:
+            return False
+        if layer.op == "conv2d":
+            return layer.layout == "NHWC" and conv2d_eligible(layer.weight_shape, int(call.attrs.groups))
+        return dense_eligible(layer.weight_shape)
+
+    @staticmethod
+    def _packed_call(layer, call, x, quantized, kernels):
+        x_shape = static_shape(call.args[0])
+        name = f"{layer.name}_u8s8"
         if layer.op == "conv2d":
             a = call.attrs
-            acc = relax.op.nn.conv2d(
-                x, relax.const(quantized), strides=a.strides, padding=a.padding, dilation=a.dilation,
-                groups=a.groups, data_layout=a.data_layout, kernel_layout=a.kernel_layout,
-                out_layout=a.out_layout or None, out_dtype="int32",
+            weight = pack_conv2d_weight(quantized)
+            padding = [int(p) for p in a.padding]
+            kernel = conv2d_nhwc_u8s8(
+                x_shape, weight.shape, [int(v) for v in a.strides], padding, [int(v) for v in a.dilation]
             )
-            rescale = (s_x * s_w).reshape(1, -1, 1, 1)
         else:
-            acc = relax.op.matmul(x, relax.const(quantized), out_dtype="int32")
-            rescale = (s_x * s_w).reshape(-1)
-        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(rescale.astype(np.float32)))
+            weight = pack_dense_weight(quantized)
+            kernel = dense_u8s8(x_shape, weight.shape)
+        gv = kernels.add_func(kernel, name)
+        return relax.call_tir(gv, relax.Tuple([x, relax.const(weight)]), relax.TensorType(static_shape(call), "int32"))

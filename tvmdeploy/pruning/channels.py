@@ -62,9 +62,16 @@ class Layer:
     out_axis: int  # the output-channel axis of the weight
     in_axis: int  # the input-channel axis of the weight
 
+    layout: str = "NCHW"  # conv2d: the data layout (NCHW, or NHWC after int8's layout change)
+
     @property
     def channels(self) -> int:
         return self.weight_shape[self.out_axis]
+
+    @property
+    def data_axis(self) -> int:
+        """The channel axis of the layer's input and output (-1: the last)."""
+        return 1 if self.op == "conv2d" and self.layout == "NCHW" else -1
 
 
 @dataclass
@@ -150,27 +157,29 @@ class _UnionFind:
 
 
 def layer_of_call(call, index: int, counts: dict) -> Layer | None:
-    """The conv2d (groups=1, NCHW/OIHW) or 2-D-weight matmul with a constant weight."""
+    """The conv2d (groups=1, NCHW/OIHW or NHWC/OHWI) or 2-D-weight matmul with a constant weight."""
     if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
         return None
     name = call.op.name
     if name == "relax.nn.conv2d":
         weight = call.args[1]
         attrs = call.attrs
-        if not isinstance(weight, tvm.ir.GenericConst) or (attrs.data_layout, attrs.kernel_layout) != ("NCHW", "OIHW"):
+        layouts = {("NCHW", "OIHW"): (0, 1), ("NHWC", "OHWI"): (0, 3)}
+        axes = layouts.get((attrs.data_layout, attrs.kernel_layout))
+        if not isinstance(weight, tvm.ir.GenericConst) or axes is None:
             return None
-        if attrs.out_layout not in ("", "NCHW") or int(attrs.groups) != 1:
+        if attrs.out_layout not in ("", attrs.data_layout) or int(attrs.groups) != 1:
             return None
-        kind, out_axis, in_axis = "conv2d", 0, 1
+        kind, (out_axis, in_axis), layout = "conv2d", axes, attrs.data_layout
     elif name == "relax.matmul":
         weight = call.args[1]
         if not isinstance(weight, tvm.ir.GenericConst) or len(static_shape(weight) or ()) != 2:
             return None
-        kind, out_axis, in_axis = "matmul", 1, 0
+        kind, out_axis, in_axis, layout = "matmul", 1, 0, ""
     else:
         return None
     counts[kind] = counts.get(kind, 0) + 1
-    return Layer(f"{kind}_{counts[kind] - 1}", kind, None, (index, 1), static_shape(weight), out_axis, in_axis)
+    return Layer(f"{kind}_{counts[kind] - 1}", kind, None, (index, 1), static_shape(weight), out_axis, in_axis, layout)
 
 
 def _is_depthwise(call) -> bool:
@@ -236,7 +245,7 @@ def analyze_channels(mod) -> ChannelGraph:
                 block(state_of(extra), f"extra argument of {layer.name}")
             if in_state is not None:
                 ndim = len(static_shape(args[0]))
-                channel_axis = 1 if layer.op == "conv2d" else ndim - 1
+                channel_axis = layer.data_axis % ndim
                 if in_state.axis == channel_axis:
                     consumers.append((layer, in_state))
                 else:
@@ -244,8 +253,10 @@ def analyze_channels(mod) -> ChannelGraph:
             gid = len(producers)
             producers[gid] = layer
             uf.add(gid)
-            out_axis = 1 if layer.op == "conv2d" else len(out_shape) - 1
+            out_axis = layer.data_axis % len(out_shape)
             out = ChannelState(out_axis, ((gid, layer.channels, 1),))
+            if layer.layout == "NHWC":
+                blocked.setdefault(gid, "NHWC layout (pruning rewrites NCHW graphs)")
         elif op == "relax.nn.conv2d" and _is_depthwise(value):
             if in_state is not None and in_state.axis == 1:
                 out = in_state  # channel c in -> channel c out

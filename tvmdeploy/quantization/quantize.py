@@ -34,7 +34,10 @@ from .config import (
 )
 
 
-def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, progress=None, device: str = "cpu"):
+def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, progress=None, device: str = "cpu",
+                   target=None):
+    """target: the tvm Target built for; where it has an x86 int8 dot-product instruction,
+    int8 layers use it (see int8_layout)."""
     started = time.monotonic()
     say = progress.message if progress is not None else (lambda text: None)
     if isinstance(config, Fp16) and device != "cuda":
@@ -48,7 +51,8 @@ def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, pr
     data = calibration or random_calibration(inputs)
     before = model_stats(mod)
     graph = analyze_channels(mod)
-    scales, layer_sqnr, kept_float = None, None, []
+    scales, layer_sqnr, kept_float, kernels = None, None, [], None
+    reference = mod
     if isinstance(config, Int8WeightOnly):
         quantized = QuantizeWeightsInt8(per_channel=config.per_channel)(mod)
     elif isinstance(config, Fp16):
@@ -56,17 +60,23 @@ def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, pr
         # measured below on this machine's CPU: the same arithmetic the GPU does.
         quantized = relax.transform.FoldConstant()(relax.transform.ToMixedPrecision(out_dtype="float32")(mod))
     else:
+        kernels = int8_kernels(target)
+        if kernels["packed"]:
+            mod = to_nhwc(mod)
+            graph = analyze_channels(mod)
         say(f"quantization: calibrating {len(graph.layers)} layers on {data.source} ({config.observer})")
-        scales, layer_sqnr = calibrate(mod, graph, data.samples, config)
+        scales, layer_sqnr = calibrate(mod, graph, data.samples, config, kernels["weight_max"])
         kept_float = sorted(
             name for name, db in layer_sqnr.items()
             if config.min_layer_sqnr_db is not None and db < config.min_layer_sqnr_db
         )
         quantized = QuantizeLayersInt8(
-            {k: v for k, v in scales.items() if k not in kept_float}, per_channel=config.per_channel
-        )(mod)
+            {k: v for k, v in scales.items() if k not in kept_float}, per_channel=config.per_channel,
+            packed=kernels["packed"], weight_max=kernels["weight_max"],
+        )(mod) if len(kept_float) < len(graph.layers) else reference  # all float: the graph as it came
+        kernels["packed_layers"] = packed_layers(quantized)
 
-    reference = HostModel(mod, "measure quantization").run(data.samples)
+    reference = HostModel(reference, "measure quantization").run(data.samples)
     outputs = HostModel(quantized, "measure quantization").run(data.samples)
     accuracy = accuracy_report(reference, outputs, data)
     if config.max_accuracy_drop is not None and accuracy["drop"] > config.max_accuracy_drop + 1e-9:
@@ -85,6 +95,7 @@ def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, pr
         "activation_scales": None if scales is None else {k: float(v) for k, v in scales.items()},
         "layer_sqnr_db": layer_sqnr,
         "kept_float": kept_float,
+        "kernels": kernels,
         "before": before.to_json(),
         "after": after.to_json(),
         "accuracy": accuracy,
@@ -98,7 +109,7 @@ def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, pr
     return quantized, report
 
 
-def quantize_qdq_model(mod, inputs, progress=None):
+def quantize_qdq_model(mod, inputs, progress=None, target=None):
     """A QDQ model's quantized layers onto int8 compute; (module, report) or (module, None)
     when the model has no QDQ layers."""
     from .qdq import qdq_input_scales
@@ -106,7 +117,10 @@ def quantize_qdq_model(mod, inputs, progress=None):
     scales = qdq_input_scales(mod)
     if not scales:
         return mod, None
-    quantized = QuantizeLayersInt8(scales)(mod)
+    kernels = int8_kernels(target)
+    graph = to_nhwc(mod) if kernels["packed"] else mod
+    quantized = QuantizeLayersInt8(scales, packed=kernels["packed"], weight_max=kernels["weight_max"])(graph)
+    kernels["packed_layers"] = packed_layers(quantized)
     data = random_calibration(inputs)
     reference = HostModel(mod, "measure the QDQ model").run(data.samples)
     accuracy = accuracy_report(reference, HostModel(quantized, "measure the QDQ model").run(data.samples), data)
@@ -115,6 +129,7 @@ def quantize_qdq_model(mod, inputs, progress=None):
         "config": {"type": "QDQ", "version": CONFIG_VERSION, "source": "the model's QuantizeLinear/DequantizeLinear"},
         "layers": sorted(scales),
         "activation_scales": scales,
+        "kernels": kernels,
         "before": model_stats(mod).to_json(),
         "after": model_stats(quantized).to_json(),
         "accuracy": {**accuracy, "reference": "the model run as float between its Q/DQ pairs"},
@@ -124,7 +139,28 @@ def quantize_qdq_model(mod, inputs, progress=None):
     return quantized, report
 
 
-def calibrate(mod, graph, samples, config: Int8Static) -> tuple[dict[str, float], dict[str, float]]:
+def int8_kernels(target) -> dict:
+    """Which int8 kernels the target gets: the x86 dot-product instruction it has (VNNI,
+    AVX-512BW, AVX2) runs the packed u8 x s8 kernels; else int8 conv/matmul as TVM lowers
+    them. weight_max 63 where the instruction saturates int16 pair sums."""
+    from .._tvm import cpu_features
+    from ..kernels.x86_intrin import int8_intrinsic_for, saturates_int16
+
+    intrin = int8_intrinsic_for(cpu_features(target)) if target is not None else None
+    return {"intrinsic": intrin, "packed": intrin is not None, "weight_max": 63 if saturates_int16(intrin) else 127}
+
+
+def to_nhwc(mod):
+    """conv2d in NHWC/OHWI (the packed kernels read 4 consecutive channels as one word);
+    elementwise ops and pooling follow, transposes only where the layout has to change."""
+    return relax.transform.FoldConstant()(relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod))
+
+
+def packed_layers(mod) -> list[str]:
+    return sorted(gv.name_hint[: -len("_u8s8")] for gv, _ in mod.functions_items() if gv.name_hint.endswith("_u8s8"))
+
+
+def calibrate(mod, graph, samples, config: Int8Static, weight_max: int = 127) -> tuple[dict[str, float], dict[str, float]]:
     """Per-tensor scale of every layer's input: max|x| (minmax) or a percentile of |x|;
     and each layer's estimated SQNR in int8: input and weight rounding (and clipping)
     noise, taken as independent, 1/SQNR = 1/SQNR_input + 1/SQNR_weight."""
@@ -141,7 +177,7 @@ def calibrate(mod, graph, samples, config: Int8Static) -> tuple[dict[str, float]
         scale = float(peak / 127.0) if peak > 0 else 1.0
         scales[layer.name] = scale
         weight = graph.bindings[layer.slot[0]].value.args[1].value.numpy()
-        q, s_w = quantize_weight(weight, layer.out_axis, config.per_channel)
+        q, s_w = quantize_weight(weight, layer.out_axis, config.per_channel, weight_max)
         x_db = sqnr_db(x, np.clip(np.round(x / scale), -128, 127) * scale)
         w_db = sqnr_db(weight, q * s_w)
         combined = 1.0 / (10 ** (-x_db / 10) + 10 ** (-w_db / 10)) if np.isfinite(x_db) or np.isfinite(w_db) else np.inf

@@ -21,6 +21,7 @@ from __future__ import annotations
 from .. import _tvm
 from .._tvm import ms, tvm
 from ..errors import BuildError
+from ..kernels.x86_intrin import space_for_kernel
 
 
 def apply_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed: int = 1) -> tuple[tvm.ir.IRModule, int]:
@@ -67,10 +68,33 @@ def _is_scheduled(func) -> bool:
 
 
 def _first_design_space_sample(func, target, cores: int, seed: int):
+    space = space_for_kernel(func, target)
+    if space == "post-order-apply":
+        return _design_space_sample(func, target, cores, seed, space)
+    # A tensorized (int8) kernel: some samples vectorize the loop around the intrinsic,
+    # which codegen rejects ("Cannot broadcast lanes=16 to 32"); tuning discards those,
+    # here the first sample that builds is taken.
+    for attempt in range(8):
+        scheduled = _design_space_sample(func, target, cores, seed + attempt, space_for_kernel(func, target))
+        if scheduled is not None and _builds(scheduled, target):
+            return scheduled
+    return None
+
+
+def _builds(func, target) -> bool:
+    try:
+        with _tvm.native_stderr_to(None):
+            tvm.compile(tvm.ir.IRModule({"main": func}), target=target)
+        return True
+    except Exception:
+        return False
+
+
+def _design_space_sample(func, target, cores: int, seed: int, space):
     context = ms.TuneContext(
         mod=tvm.ir.IRModule({"main": func.with_attr("global_symbol", "main")}),
         target=target,
-        space_generator="post-order-apply",
+        space_generator=space,
         search_strategy="replay-trace",
         num_threads=cores,
         rand_state=seed,

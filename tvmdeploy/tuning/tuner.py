@@ -25,6 +25,7 @@ import numpy as np
 from .. import _tvm
 from .._tvm import ms, relax, tvm
 from ..errors import BuildError, TvmDeployError, summarize_exception
+from ..kernels.x86_intrin import space_for_kernel
 from .cache import TargetCache
 from .progress import Progress, ProgressState
 from .records import RECORD_FILE, WORKLOAD_FILE, read_database
@@ -237,14 +238,20 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
         ms_logger.removeHandler(handler)
         handler.close()
     ms_logger.setLevel(logging.WARNING)  # the console handler MetaSchedule adds inherits this
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        extracted_tasks=tasks,
-        work_dir=str(log_dir),  # MetaSchedule writes its per-task logs under <work_dir>/logs
-        space="post-order-apply",
-        strategy=_DeadlineSearch(ms.search_strategy.EvolutionarySearch(), deadline, callback.submitted),
-        num_threads=cores,
-        seed=0,
-    )
+    # One context per task, each with its kernel's design space (int8 kernels tensorize).
+    contexts, weights = [], []
+    for task in tasks:
+        [context], [weight] = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            extracted_tasks=[task],
+            work_dir=str(log_dir),  # MetaSchedule writes its per-task logs under <work_dir>/logs
+            space=space_for_kernel(task.dispatched[0]["main"] if isinstance(task.dispatched[0], tvm.ir.IRModule)
+                                   else task.dispatched[0], target),
+            strategy=_DeadlineSearch(ms.search_strategy.EvolutionarySearch(), deadline, callback.submitted),
+            num_threads=cores,
+            seed=0,
+        )
+        contexts.append(context)
+        weights.append(weight)
     _logs_to_files_only(ms_logger)
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
     ms.tune_tasks(
