@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -204,7 +205,7 @@ def tune(
         cache.update_ledger({shash: {"state": "started", "per_task": per_task} for _, _, shash in todo})
         log_dir = cache.folder / "logs" / time.strftime("%Y%m%d-%H%M%S")
         try:
-            with _stop_on_signals(deadline, progress):
+            with _stop_on_signals(deadline, progress), _native_warnings_to(log_dir / "tvm-warnings.log", progress):
                 _run_metaschedule(
                     [t for t, _, _ in todo], target, database, trials, task_cap, deadline, callback, log_dir, measure
                 )
@@ -282,6 +283,24 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
         measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
         task_scheduler="gradient",
     )
+
+
+@contextlib.contextmanager
+def _native_warnings_to(path: Path, progress: Progress):
+    """TVM's C++ warnings (hundreds of "Tensorize failed" for candidates an int8 rule
+    rejects) into a file; the progress line keeps the terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = progress.stream
+    if saved is sys.stderr:
+        sys.stderr.flush()
+        progress.stream = os.fdopen(os.dup(2), "w", buffering=1)
+    try:
+        with _tvm.native_stderr_to(path):
+            yield
+    finally:
+        if progress.stream is not saved:
+            progress.stream.close()
+            progress.stream = saved
 
 
 @contextlib.contextmanager
