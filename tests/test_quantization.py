@@ -14,7 +14,9 @@ from tvm import relax
 from tvmdeploy import compile_model, load
 from tvmdeploy.calibration import sqnr_db
 from tvmdeploy.data import DIGITS_CALIBRATION, DIGITS_CNN, DIGITS_TEST
+from tvmdeploy.host_eval import HostModel
 from tvmdeploy.passes.quantize_int8 import (
+    FoldBiasIntoInt32,
     QuantizeLayersInt8,
     QuantizeWeightsInt8,
     quantize_weight,
@@ -73,6 +75,32 @@ def test_static_pass_computes_int8_by_int8_into_int32():
         return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const((s_x * s_w).reshape(-1).astype("float32")))
 
     tvm.ir.assert_structural_equal(QuantizeLayersInt8({"matmul_0": s_x})(_function(before)), _function(expected))
+
+
+def test_bias_joins_the_int32_accumulator():
+    q, s_w = quantize_weight(W, out_axis=1)
+    s_x = 0.05
+    rescale = (s_x * s_w).reshape(-1).astype("float32")
+    bias = rng.standard_normal(8).astype("float32")
+    correction = rng.integers(-1000, 1000, 8).astype("int32")  # e.g. the packed kernels' zero-point term
+
+    def quantized(bb, x, folded=False):
+        xq = relax.op.astype(x, "int8")
+        acc = relax.op.matmul(xq, relax.const(q), out_dtype="int32")
+        if folded:
+            steps = correction + np.round(bias.astype(np.float64) / rescale.astype(np.float64)).astype(np.int32)
+            return relax.op.multiply(relax.op.astype(relax.op.add(acc, relax.const(steps)), "float32"), relax.const(rescale))
+        acc = relax.op.add(acc, relax.const(correction))
+        return relax.op.add(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(rescale)), relax.const(bias))
+
+    before = _function(quantized)
+    after = FoldBiasIntoInt32()(before)
+    tvm.ir.assert_structural_equal(after, _function(lambda bb, x: quantized(bb, x, folded=True)))
+    # Same numbers up to half an accumulator step per channel.
+    x = rng.integers(-128, 128, (1, 16)).astype(np.float32)
+    exact = HostModel(before, "test").run([[x]])[0][0]
+    folded = HostModel(after, "test").run([[x]])[0][0]
+    assert np.all(np.abs(exact - folded) <= rescale / 2 + 1e-5)
 
 
 def _top1(model, images):

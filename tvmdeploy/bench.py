@@ -89,6 +89,13 @@ def bench_artifact(
     for peer in compare:
         if peer == "onnxruntime":
             runners[peer] = _onnxruntime_runner(Path(model_path or manifest.source_file), inputs, threads)
+        elif peer.startswith("onnxruntime:"):
+            # ONNX Runtime on another export of the model (e.g. its quantize_static QDQ model).
+            other = Path(peer.split(":", 1)[1])
+            if not other.is_file():
+                raise TvmDeployError(f"--compare {peer}: no such ONNX file {other}")
+            peer = f"ort:{other.stem}"
+            runners[peer] = _onnxruntime_runner(other, inputs, threads)
         elif (Path(peer) / "manifest.json").is_file():
             # Another artifact of the same model (unpruned vs pruned, untuned vs tuned).
             peer_name = Path(peer).resolve().name
@@ -96,7 +103,8 @@ def bench_artifact(
             peer = peer_name
         else:
             raise TvmDeployError(
-                f"unknown peer '{peer}' for --compare (supported: onnxruntime, or another artifact folder)"
+                f"unknown peer '{peer}' for --compare (supported: onnxruntime, onnxruntime:MODEL.onnx, "
+                "or another artifact folder)"
             )
         names.append(peer)
     compare = tuple(names)

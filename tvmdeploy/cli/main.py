@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time an artifact against ONNX Runtime, interleaved in one process")
     p.add_argument("artifact", help="artifact folder")
-    p.add_argument("--compare", action="append", default=[], metavar="PEER", help="peer: onnxruntime (default), or another artifact folder of the same model (repeatable)")
+    p.add_argument("--compare", action="append", default=[], metavar="PEER", help="peer: onnxruntime (default; the model in the manifest), onnxruntime:MODEL.onnx (ONNX Runtime on another export, e.g. its int8 QDQ model), or another artifact folder of the same model (repeatable)")
     p.add_argument("--model", help="the source .onnx for the peer (default: the path in the manifest)")
     p.add_argument("--threads", type=int, default=None, help="threads for both runtimes (default: all cores)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs of each first (default 5)")

@@ -18,8 +18,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 from tvm import IRModule, relax
+from tvm.ir import GenericConst
 from tvm.ir.transform import PassContext, module_pass
-from tvm.relax.dpl import is_op, wildcard
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from tvm.relax.transform import function_pass
 
 from ..kernels.int8_packed import (
@@ -170,3 +171,46 @@ class QuantizeLayersInt8:
             kernel = dense_u8s8(x_shape, weight.shape)
         gv = kernels.add_func(kernel, name)
         return relax.call_tir(gv, relax.Tuple([x, relax.const(weight)]), relax.TensorType(static_shape(call), "int32"))
+
+
+@function_pass(opt_level=0)
+class FoldBiasIntoInt32:
+    """float(acc) * rescale + bias  ->  float(acc + round(bias / rescale)) * rescale.
+
+    The bias joins the int32 accumulator (into the same constant as the packed kernels'
+    zero-point correction, when there is one), so the epilogue is one integer add, a
+    conversion and one multiply. The rounding moves the bias by at most half an
+    accumulator step (s_x * s_w / 2), far below int8's own rounding noise.
+    """
+
+    def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
+        if is_primitive(func):
+            return func
+        acc = wildcard()
+        rescale, bias = is_const(), is_const()
+        pattern = is_op("relax.add")(is_op("relax.multiply")(is_op("relax.astype")(acc), rescale), bias)
+
+        def rewrite(expr, matches):
+            accumulator = matches[acc]
+            if accumulator.ty.dtype != "int32" or expr.ty.dtype != "float32":
+                return expr
+            r = matches[rescale].value.numpy().astype(np.float64)
+            b = matches[bias].value.numpy().astype(np.float64)
+            out_shape = static_shape(expr)
+            try:
+                if out_shape is None or np.broadcast_shapes(r.shape, b.shape, out_shape) != tuple(out_shape):
+                    return expr
+            except ValueError:
+                return expr
+            steps = np.round(b / np.where(r == 0, 1.0, r))
+            if np.any(r == 0) or np.abs(steps).max(initial=0) >= 2**30:
+                return expr
+            steps = steps.astype(np.int32)
+            base = accumulator
+            if isinstance(base, relax.Call) and base.op.name == "relax.add" and isinstance(base.args[1], GenericConst):
+                steps = base.args[1].value.numpy().astype(np.int32) + steps  # merge with the correction
+                base = base.args[0]
+            summed = relax.op.add(base, relax.const(steps.astype(np.int32)))
+            return relax.op.multiply(relax.op.astype(summed, "float32"), matches[rescale])
+
+        return rewrite_call(pattern, rewrite, func)

@@ -18,6 +18,7 @@ from .._tvm import relax, tvm
 from ..calibration import accuracy_report, random_calibration, sqnr_db
 from ..host_eval import HostModel
 from ..passes.quantize_int8 import (
+    FoldBiasIntoInt32,
     FuseDecodeIntoConsumer,
     QuantizeLayersInt8,
     QuantizeWeightsInt8,
@@ -70,10 +71,10 @@ def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, pr
             name for name, db in layer_sqnr.items()
             if config.min_layer_sqnr_db is not None and db < config.min_layer_sqnr_db
         )
-        quantized = QuantizeLayersInt8(
+        quantized = FoldBiasIntoInt32()(QuantizeLayersInt8(
             {k: v for k, v in scales.items() if k not in kept_float}, per_channel=config.per_channel,
             packed=kernels["packed"], weight_max=kernels["weight_max"],
-        )(mod) if len(kept_float) < len(graph.layers) else reference  # all float: the graph as it came
+        )(mod)) if len(kept_float) < len(graph.layers) else reference  # all float: the graph as it came
         kernels["packed_layers"] = packed_layers(quantized)
 
     reference = HostModel(reference, "measure quantization").run(data.samples)
@@ -119,7 +120,9 @@ def quantize_qdq_model(mod, inputs, progress=None, target=None):
         return mod, None
     kernels = int8_kernels(target)
     graph = to_nhwc(mod) if kernels["packed"] else mod
-    quantized = QuantizeLayersInt8(scales, packed=kernels["packed"], weight_max=kernels["weight_max"])(graph)
+    quantized = FoldBiasIntoInt32()(
+        QuantizeLayersInt8(scales, packed=kernels["packed"], weight_max=kernels["weight_max"])(graph)
+    )
     kernels["packed_layers"] = packed_layers(quantized)
     data = random_calibration(inputs)
     reference = HostModel(mod, "measure the QDQ model").run(data.samples)
