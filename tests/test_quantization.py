@@ -190,3 +190,19 @@ def test_qdq_model_from_onnx_runtime_runs_on_the_int8_path(tmp_path):
     assert sqnr_db(theirs, ours) >= 30
     agreement = np.mean(ours.argmax(axis=1) == theirs.argmax(axis=1))
     assert agreement >= 0.99
+
+
+def test_entropy_observer_clips_outliers_and_keeps_digits_accuracy(tmp_path):
+    from tvmdeploy.quantization.quantize import entropy_threshold
+
+    values = np.abs(rng.standard_normal(100_000))
+    values[:5] = 50.0  # a few outliers: max|x| would waste most of the int8 range on them
+    assert 3.0 < entropy_threshold(values) < 6.0
+    assert entropy_threshold(rng.uniform(0, 1, 100_000)) > 0.95  # nothing to clip
+    result = compile_model(
+        DIGITS_CNN, output_dir=tmp_path / "a", quantize=parse_quantize_spec("int8", observer="entropy"),
+        calibration_data=DIGITS_CALIBRATION,
+    )
+    report = result.manifest.extra["quantization"]
+    assert report["config"]["observer"] == "entropy"
+    assert report["accuracy"]["drop"] <= 0.5 and report["accuracy"]["output_sqnr_db"][0] >= 20

@@ -222,7 +222,7 @@ def _add_shrink_options(p) -> None:
         "--quantize", choices=["int8-weight", "int8", "fp16"],
         help="int8-weight: int8 weights, float compute; int8: calibrated int8 compute (needs --calibration-data)",
     )
-    p.add_argument("--observer", choices=["minmax", "percentile"], default=None, help="int8 activation ranges (default minmax)")
+    p.add_argument("--observer", choices=["minmax", "percentile", "entropy"], default=None, help="int8 activation ranges: max |x|, a percentile of |x|, or the threshold that minimizes the KL divergence between float and int8 histograms (default minmax)")
     p.add_argument("--percentile", type=float, default=None, help="for --observer percentile (default 99.99)")
     p.add_argument(
         "--min-layer-sqnr", type=float, default=None, metavar="DB",

@@ -5,7 +5,7 @@
     Fp16()                                        float16 with float32 accumulation, CUDA presets
 
 CLI: `--quantize int8-weight`, `--quantize int8 --calibration-data FILE.npz
-[--observer minmax|percentile] [--percentile 99.99]`.
+[--observer minmax|percentile|entropy] [--percentile 99.99]`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ class QuantizationError(TvmDeployError):
     """Quantization was asked for something it cannot do, or missed its accuracy budget."""
 
 
+OBSERVERS = ("minmax", "percentile", "entropy")
+
+
 @dataclass(frozen=True)
 class Int8WeightOnly:
     """Symmetric int8 weights, one scale per output channel, decoded inside the kernel."""
@@ -33,7 +36,7 @@ class Int8WeightOnly:
 class Int8Static:
     """int8 activations (per tensor, calibrated) and weights (per channel), int32 accumulation."""
 
-    observer: str = "minmax"  # "minmax" | "percentile"
+    observer: str = "minmax"  # "minmax" | "percentile" | "entropy" (KL divergence, as TensorRT)
     percentile: float = 99.99
     per_channel: bool = True
     max_accuracy_drop: float | None = None
@@ -42,8 +45,8 @@ class Int8Static:
     min_layer_sqnr_db: float | None = None
 
     def __post_init__(self):
-        if self.observer not in ("minmax", "percentile"):
-            raise QuantizationError(f"observer must be 'minmax' or 'percentile', not {self.observer!r}")
+        if self.observer not in OBSERVERS:
+            raise QuantizationError(f"observer must be one of {', '.join(OBSERVERS)}, not {self.observer!r}")
         if not 50.0 < self.percentile <= 100.0:
             raise QuantizationError(f"percentile must be in (50, 100], got {self.percentile}")
 
