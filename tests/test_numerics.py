@@ -85,3 +85,23 @@ def test_light_resnet50_as_shipped_matches_reference_output(tmp_path):
     (out,) = model(**feeds)
     np.testing.assert_allclose(out, numpy_helper.to_array(expected), rtol=1e-3, atol=1e-4)
     assert_matches([out], ort_run(LIGHT / "light_resnet50.onnx", feeds))
+
+
+def test_multi_input_sum_imports_as_adds(tmp_path):
+    """ONNX Sum (3 inputs, broadcasting) becomes a chain of Adds before import."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Sum", ["a", "b", "c"], ["y"], name="join")],
+        "sum3",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 4, 3, 3]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4, 1, 3]),
+         helper.make_tensor_value_info("c", TensorProto.FLOAT, [4, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 3])],
+    )
+    path = tmp_path / "sum3.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    result = compile_model(path, "host", output_dir=tmp_path / "a")
+    assert "onnx-sum-to-adds" in result.manifest.passes
+    compile_and_compare(path, tmp_path / "b", feeds=random_inputs(path))

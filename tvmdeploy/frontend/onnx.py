@@ -27,6 +27,7 @@ from .onnx_rewrite import (
     fold_with_onnxruntime,
     graph_inputs,
     normalize_constants,
+    sum_to_adds,
     walk_nodes,
     with_static_inputs,
 )
@@ -41,6 +42,8 @@ def import_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]
     import_passes = []
     if normalize_constants(model):
         import_passes.append("onnx-normalize-constants")
+    if sum_to_adds(model):
+        import_passes.append("onnx-sum-to-adds")
     if computes_shapes(model):
         folded = fold_with_onnxruntime(model)
         if folded is not None:

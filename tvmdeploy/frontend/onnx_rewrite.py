@@ -81,6 +81,48 @@ def normalize_constants(model: onnx.ModelProto) -> int:
     return rewritten
 
 
+def sum_to_adds(model: onnx.ModelProto) -> int:
+    """Rewrite Sum(a, b, c...) into Add(Add(a, b), c)... (in place; returns how many).
+
+    TVM's importer turns an n-input Sum (ResNet's residual joins in Caffe2-era exports)
+    into broadcast_to x n + stack + sum over a new axis: a materialized n-times-larger
+    5-D tensor, a reduction kernel per join, and a rank no layout pass can convert. A
+    chain of Adds (same multidirectional broadcasting) fuses into the producing conv.
+    """
+    rewritten = 0
+    for graph in _graphs(model.graph):
+        nodes, before = [], rewritten
+        for node in graph.node:
+            if node.op_type != "Sum" or node.domain not in ("", "ai.onnx"):
+                nodes.append(node)
+                continue
+            inputs = list(node.input)
+            if len(inputs) == 1:
+                nodes.append(helper.make_node("Identity", inputs, list(node.output), name=node.name))
+            else:
+                acc = inputs[0]
+                for i, operand in enumerate(inputs[1:], start=1):
+                    out = node.output[0] if i == len(inputs) - 1 else f"{node.output[0]}__sum{i}"
+                    nodes.append(helper.make_node("Add", [acc, operand], [out], name=f"{node.name}__add{i}"))
+                    acc = out
+            rewritten += 1
+        if rewritten > before:
+            del graph.node[:]
+            graph.node.extend(nodes)
+    return rewritten
+
+
+def _graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _graphs(g)
+
+
 def computes_shapes(model: onnx.ModelProto) -> bool:
     return any(n.op_type in _SHAPE_COMPUTING_OPS for n in model.graph.node)
 
