@@ -169,7 +169,8 @@ class QuantizeLayersInt8:
         else:
             weight = pack_dense_weight(quantized)
             kernel = dense_u8s8(x_shape, weight.shape)
-        gv = kernels.add_func(kernel, name)
+        # te.create_prim_func names every kernel "main"; a kernel left unfused keeps its symbol.
+        gv = kernels.add_func(kernel.with_attr("global_symbol", name), name)
         return relax.call_tir(gv, relax.Tuple([x, relax.const(weight)]), relax.TensorType(static_shape(call), "int32"))
 
 
