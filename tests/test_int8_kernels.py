@@ -16,12 +16,12 @@ import pytest
 import tvm
 from tvm import relax
 
-from tvmdeploy import _tvm, compile_model, load
+from tvmdeploy import compile_model, load
 from tvmdeploy.calibration import sqnr_db
 from tvmdeploy.data import DIGITS_CALIBRATION, DIGITS_CNN, DIGITS_TEST
 from tvmdeploy.host_eval import HostModel
 from tvmdeploy.kernels import int8_packed as kp
-from tvmdeploy.kernels.x86_intrin import int8_intrinsic_for
+from tvmdeploy.kernels.select import packed_int8_for
 from tvmdeploy.passes.quantize_int8 import QuantizeLayersInt8
 from tvmdeploy.presets import load_preset, resolve_preset
 from tvmdeploy.quantization import Int8Static
@@ -29,8 +29,11 @@ from tvmdeploy.tuning.default_schedule import apply_default_schedules
 
 rng = np.random.default_rng(0)
 HOST = resolve_preset(load_preset("host"))[1]
-HOST_INTRIN = int8_intrinsic_for(_tvm.cpu_features(HOST))
-needs_int8_instruction = pytest.mark.skipif(HOST_INTRIN is None, reason="this CPU has no x86 int8 dot-product instruction")
+HOST_PACKED = packed_int8_for(HOST)
+HOST_INTRIN = HOST_PACKED.intrinsic if HOST_PACKED else None
+needs_int8_instruction = pytest.mark.skipif(
+    HOST_PACKED is None or HOST_PACKED.lanes != 16, reason="this CPU has no x86 int8 dot-product instruction"
+)
 
 
 def _cpu_flags() -> set[str]:
@@ -69,13 +72,13 @@ def _conv_reference(x, w, stride, pad, dilation):
 
 def test_packing_puts_16_output_by_4_input_channels_together():
     w = rng.integers(-127, 128, (32, 3, 3, 6)).astype(np.int8)  # 6 input channels: padded to 8
-    p = kp.pack_conv2d_weight(w)
+    p = kp.pack_conv2d_weight(w, 16)
     assert p.shape == (2, 3, 3, 2, 16, 4)
     o, h, k, c = np.meshgrid(*map(np.arange, w.shape), indexing="ij")
     assert np.array_equal(p[o // 16, h, k, c // 4, o % 16, c % 4], w)
     assert not p[:, :, :, 1, :, 2:].any()  # the padding channels are zero weights
     d = rng.integers(-127, 128, (10, 48)).astype(np.int8)  # K=10 -> 12
-    pd = kp.pack_dense_weight(d)
+    pd = kp.pack_dense_weight(d, 16)
     assert pd.shape == (3, 3, 16, 4)
     k, n = np.meshgrid(np.arange(10), np.arange(48), indexing="ij")
     assert np.array_equal(pd[n // 16, k // 4, n % 16, k % 4], d)
@@ -92,8 +95,8 @@ def test_packing_puts_16_output_by_4_input_channels_together():
 def test_conv_kernel_matches_numpy_exactly(shape, oc, k, stride, pad, dilation):
     x = rng.integers(0, 256, shape).astype(np.uint8)
     w = rng.integers(-127, 128, (oc, k, k, shape[3])).astype(np.int8)
-    packed = kp.pack_conv2d_weight(w)
-    prim = kp.conv2d_nhwc_u8s8(shape, packed.shape, (stride, stride), pad, (dilation, dilation))
+    packed = kp.pack_conv2d_weight(w, 16)
+    prim = kp.conv2d_nhwc_packed(shape, packed.shape, (stride, stride), pad, (dilation, dilation))
     ref = _conv_reference(x, w, stride, pad, dilation)
     out = _run(_build(prim), x, packed, out_shape=ref.shape)
     assert np.array_equal(out, ref)
@@ -103,8 +106,8 @@ def test_conv_kernel_matches_numpy_exactly(shape, oc, k, stride, pad, dilation):
 def test_dense_kernel_matches_numpy_exactly_and_uses_the_instruction():
     x = rng.integers(0, 256, (2, 5, 30)).astype(np.uint8)  # K=30: padded to 32
     w = rng.integers(-127, 128, (30, 64)).astype(np.int8)
-    packed = kp.pack_dense_weight(w)
-    executable = _build(kp.dense_u8s8(x.shape, packed.shape))
+    packed = kp.pack_dense_weight(w, 16)
+    executable = _build(kp.dense_packed(x.shape, packed.shape))
     out = _run(executable, x, packed, out_shape=(2, 5, 64))
     assert np.array_equal(out, x.astype(np.int64) @ w.astype(np.int64))
     instruction = {"tvmdeploy_dot_16x4_vnni": "vpdpbusd"}.get(HOST_INTRIN, "vpmaddubsw")
@@ -131,10 +134,10 @@ def test_packed_layers_compute_what_the_generic_int8_layers_compute():
     # Same integers (q + 128 with its correction is q), so the same floats.
     mod = _nhwc_net()
     scales = {"conv2d_0": 4.5 / 127, "matmul_0": 8.0 / 127}  # about max|x| of each input
-    packed = QuantizeLayersInt8(scales, packed=True)(mod)
-    generic = QuantizeLayersInt8(scales, packed=False)(mod)
+    packed = QuantizeLayersInt8(scales, packed=HOST_PACKED)(mod)
+    generic = QuantizeLayersInt8(scales, packed=None)(mod)
     kernels = sorted(gv.name_hint for gv, f in packed.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
-    assert kernels == ["conv2d_0_u8s8", "matmul_0_u8s8"]
+    assert kernels == ["conv2d_0_int8_packed", "matmul_0_int8_packed"]
     samples = [[rng.standard_normal((1, 6, 6, 8)).astype(np.float32)] for _ in range(3)]
     ours = HostModel(packed, "test").run(samples)
     theirs = HostModel(generic, "test").run(samples)

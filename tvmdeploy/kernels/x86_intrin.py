@@ -244,27 +244,7 @@ def int8_space_generator(intrin: str = AVX2_DOT_16x4_INTRIN) -> ms.space_generat
     )
 
 
-def space_for_kernel(func, target):
-    """MetaSchedule's space generator for one kernel: the int8-tensorizing one for kernels
-    that read uint8 (the packed u8 x s8 kernels) on targets with an int8 instruction,
-    else MetaSchedule's default for the target ("post-order-apply")."""
-    from .._tvm import cpu_features
-
-    intrin = int8_intrinsic_for(cpu_features(target))
-    if intrin is None or not _reads_uint8(func):
-        return "post-order-apply"
-    return int8_space_generator(intrin)
-
-
-def _reads_uint8(func) -> bool:
-    """Whether a kernel holds uint8 data (after fusion its parameters may be float: the
-    quantize that makes the uint8 is inside the kernel). TVM 0.27 exposes no TIR visitor
-    to Python, so the printed kernel is searched."""
-    return '"uint8"' in func.script(show_meta=False)
-
-
 __all__ = [
-    "space_for_kernel",
     "AVX2_DOT_16x4_INTRIN",
     "AVX512_DOT_16x4_INTRIN",
     "VNNI_DOT_16x4_INTRIN",

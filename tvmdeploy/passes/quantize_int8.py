@@ -24,11 +24,11 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from tvm.relax.transform import function_pass
 
 from ..kernels.int8_packed import (
-    ZERO_POINT,
+    PackedInt8,
     conv2d_eligible,
-    conv2d_nhwc_u8s8,
+    conv2d_nhwc_packed,
     dense_eligible,
-    dense_u8s8,
+    dense_packed,
     pack_conv2d_weight,
     pack_dense_weight,
     zero_point_correction,
@@ -87,24 +87,26 @@ def FuseDecodeIntoConsumer():  # noqa: N802 - a pass constructor, named like TVM
     return relax.transform.FuseOpsByPattern(patterns, bind_constants=False, annotate_codegen=False)
 
 
+PACKED_SUFFIX = "int8_packed"  # the packed kernels' names: <layer>_int8_packed
+
+
 @module_pass(opt_level=0)
 class QuantizeLayersInt8:
     """input_scales: {layer name: activation scale}; those layers compute int8 x int8 -> int32.
 
-    packed: where the target has an x86 int8 dot-product instruction (VNNI, AVX2), layers
-    in its layout (NHWC conv2d with OHWI weights, dense) whose channel counts fit (output
-    channels a multiple of 16, input channels of 4) run the u8 x s8 kernels of
-    kernels.int8_packed instead: activations stored as q + 128, weights packed here once,
-    the +128 taken back by a per-channel int32 constant. weight_max: 127, or 63 where the
-    instruction sums u8 x s8 pairs in int16 (vpmaddubsw), which saturates beyond that.
+    packed: where the target has an int8 dot-product instruction (kernels.select), layers
+    in its layout (NHWC conv2d with OHWI weights, dense) whose output channels are a
+    multiple of its lanes run the packed kernels of kernels.int8_packed instead: weights
+    packed here once; on x86 activations stored as q + 128, the +128 taken back by a
+    per-channel int32 constant; weights within the instruction's range (63 where it sums
+    u8 x s8 pairs in int16, vpmaddubsw, which saturates beyond that).
     """
 
-    def __init__(self, input_scales: Mapping[str, float], per_channel: bool = True, packed: bool = False,
-                 weight_max: int = 127):
+    def __init__(self, input_scales: Mapping[str, float], per_channel: bool = True, packed: PackedInt8 | None = None):
         self.input_scales = dict(input_scales)
         self.per_channel = per_channel
         self.packed = packed
-        self.weight_max = weight_max
+        self.weight_max = packed.weight_max if packed is not None else 127
 
     def transform_module(self, mod: IRModule, ctx: PassContext) -> IRModule:
         kernels = relax.BlockBuilder()  # gives the new kernels' GlobalVars their types
@@ -124,12 +126,15 @@ class QuantizeLayersInt8:
             return None
         weight = call.args[1].value.numpy()
         quantized, s_w = quantize_weight(weight, layer.out_axis, self.per_channel, self.weight_max)
-        packed = self.packed and self._packable(layer, call)
+        spec = self.packed if self.packed is not None and self._packable(layer, call, self.packed.lanes) else None
         scaled = relax.op.round(relax.op.divide(call.args[0], relax.const(np.float32(s_x))))
-        if packed:
-            x = relax.op.astype(relax.op.clip(relax.op.add(scaled, relax.const(np.float32(ZERO_POINT))), 0, 255), "uint8")
-            acc = self._packed_call(layer, call, x, quantized, kernels)
-            acc = relax.op.add(acc, relax.const(zero_point_correction(quantized, layer.out_axis)))
+        if spec is not None and spec.activation == "uint8":
+            x = relax.op.astype(relax.op.clip(relax.op.add(scaled, relax.const(np.float32(spec.zero_point))), 0, 255), "uint8")
+            acc = self._packed_call(layer, call, x, quantized, kernels, spec)
+            acc = relax.op.add(acc, relax.const(zero_point_correction(quantized, layer.out_axis, spec.zero_point)))
+        elif spec is not None:
+            x = relax.op.astype(relax.op.clip(scaled, -128, 127), "int8")
+            acc = self._packed_call(layer, call, x, quantized, kernels, spec)
         else:
             x = relax.op.astype(relax.op.clip(scaled, -128, 127), "int8")
             if layer.op == "conv2d":
@@ -147,28 +152,28 @@ class QuantizeLayersInt8:
         return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(rescale.astype(np.float32)))
 
     @staticmethod
-    def _packable(layer, call) -> bool:
+    def _packable(layer, call, lanes: int) -> bool:
         x_shape = static_shape(call.args[0])
         if x_shape is None:
             return False
         if layer.op == "conv2d":
-            return layer.layout == "NHWC" and conv2d_eligible(layer.weight_shape, int(call.attrs.groups))
-        return dense_eligible(layer.weight_shape)
+            return layer.layout == "NHWC" and conv2d_eligible(layer.weight_shape, int(call.attrs.groups), lanes)
+        return dense_eligible(layer.weight_shape, lanes)
 
     @staticmethod
-    def _packed_call(layer, call, x, quantized, kernels):
+    def _packed_call(layer, call, x, quantized, kernels, spec: PackedInt8):
         x_shape = static_shape(call.args[0])
-        name = f"{layer.name}_u8s8"
+        name = f"{layer.name}_{PACKED_SUFFIX}"
         if layer.op == "conv2d":
             a = call.attrs
-            weight = pack_conv2d_weight(quantized)
+            weight = pack_conv2d_weight(quantized, spec.lanes)
             padding = [int(p) for p in a.padding]
-            kernel = conv2d_nhwc_u8s8(
-                x_shape, weight.shape, [int(v) for v in a.strides], padding, [int(v) for v in a.dilation]
+            kernel = conv2d_nhwc_packed(
+                x_shape, weight.shape, [int(v) for v in a.strides], padding, [int(v) for v in a.dilation], spec.activation
             )
         else:
-            weight = pack_dense_weight(quantized)
-            kernel = dense_u8s8(x_shape, weight.shape)
+            weight = pack_dense_weight(quantized, spec.lanes)
+            kernel = dense_packed(x_shape, weight.shape, spec.activation)
         # te.create_prim_func names every kernel "main"; a kernel left unfused keeps its symbol.
         gv = kernels.add_func(kernel.with_attr("global_symbol", name), name)
         return relax.call_tir(gv, relax.Tuple([x, relax.const(weight)]), relax.TensorType(static_shape(call), "int32"))

@@ -17,7 +17,9 @@ import numpy as np
 from .._tvm import relax, tvm
 from ..calibration import accuracy_report, random_calibration, sqnr_db
 from ..host_eval import HostModel
+from ..kernels.select import packed_int8_for
 from ..passes.quantize_int8 import (
+    PACKED_SUFFIX,
     FoldBiasIntoInt32,
     FuseDecodeIntoConsumer,
     QuantizeLayersInt8,
@@ -61,21 +63,21 @@ def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, pr
         # measured below on this machine's CPU: the same arithmetic the GPU does.
         quantized = relax.transform.FoldConstant()(relax.transform.ToMixedPrecision(out_dtype="float32")(mod))
     else:
-        kernels = int8_kernels(target)
-        if kernels["packed"]:
+        packed = packed_int8_for(target)
+        if packed is not None:
             mod = to_nhwc(mod)
             graph = analyze_channels(mod)
         say(f"quantization: calibrating {len(graph.layers)} layers on {data.source} ({config.observer})")
-        scales, layer_sqnr = calibrate(mod, graph, data.samples, config, kernels["weight_max"])
+        scales, layer_sqnr = calibrate(mod, graph, data.samples, config, packed.weight_max if packed else 127)
         kept_float = sorted(
             name for name, db in layer_sqnr.items()
             if config.min_layer_sqnr_db is not None and db < config.min_layer_sqnr_db
         )
         quantized = FoldBiasIntoInt32()(QuantizeLayersInt8(
             {k: v for k, v in scales.items() if k not in kept_float}, per_channel=config.per_channel,
-            packed=kernels["packed"], weight_max=kernels["weight_max"],
+            packed=packed,
         )(mod)) if len(kept_float) < len(graph.layers) else reference  # all float: the graph as it came
-        kernels["packed_layers"] = packed_layers(quantized)
+        kernels = kernels_report(packed, quantized)
 
     reference = HostModel(reference, "measure quantization").run(data.samples)
     outputs = HostModel(quantized, "measure quantization").run(data.samples)
@@ -118,12 +120,10 @@ def quantize_qdq_model(mod, inputs, progress=None, target=None):
     scales = qdq_input_scales(mod)
     if not scales:
         return mod, None
-    kernels = int8_kernels(target)
-    graph = to_nhwc(mod) if kernels["packed"] else mod
-    quantized = FoldBiasIntoInt32()(
-        QuantizeLayersInt8(scales, packed=kernels["packed"], weight_max=kernels["weight_max"])(graph)
-    )
-    kernels["packed_layers"] = packed_layers(quantized)
+    packed = packed_int8_for(target)
+    graph = to_nhwc(mod) if packed is not None else mod
+    quantized = FoldBiasIntoInt32()(QuantizeLayersInt8(scales, packed=packed)(graph))
+    kernels = kernels_report(packed, quantized)
     data = random_calibration(inputs)
     reference = HostModel(mod, "measure the QDQ model").run(data.samples)
     accuracy = accuracy_report(reference, HostModel(quantized, "measure the QDQ model").run(data.samples), data)
@@ -142,25 +142,23 @@ def quantize_qdq_model(mod, inputs, progress=None, target=None):
     return quantized, report
 
 
-def int8_kernels(target) -> dict:
-    """Which int8 kernels the target gets: the x86 dot-product instruction it has (VNNI,
-    AVX-512BW, AVX2) runs the packed u8 x s8 kernels; else int8 conv/matmul as TVM lowers
-    them. weight_max 63 where the instruction saturates int16 pair sums."""
-    from .._tvm import cpu_features
-    from ..kernels.x86_intrin import int8_intrinsic_for, saturates_int16
-
-    intrin = int8_intrinsic_for(cpu_features(target)) if target is not None else None
-    return {"intrinsic": intrin, "packed": intrin is not None, "weight_max": 63 if saturates_int16(intrin) else 127}
+def kernels_report(packed, quantized) -> dict:
+    """For the manifest: the instruction the packed int8 kernels use and which layers have them."""
+    suffix = "_" + PACKED_SUFFIX
+    return {
+        "intrinsic": packed.intrinsic if packed else None,
+        "packed": packed is not None,
+        "weight_max": packed.weight_max if packed else 127,
+        "packed_layers": sorted(
+            gv.name_hint[: -len(suffix)] for gv, _ in quantized.functions_items() if gv.name_hint.endswith(suffix)
+        ),
+    }
 
 
 def to_nhwc(mod):
     """conv2d in NHWC/OHWI (the packed kernels read 4 consecutive channels as one word);
     elementwise ops and pooling follow, transposes only where the layout has to change."""
     return relax.transform.FoldConstant()(relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod))
-
-
-def packed_layers(mod) -> list[str]:
-    return sorted(gv.name_hint[: -len("_u8s8")] for gv, _ in mod.functions_items() if gv.name_hint.endswith("_u8s8"))
 
 
 def calibrate(mod, graph, samples, config: Int8Static, weight_max: int = 127) -> tuple[dict[str, float], dict[str, float]]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from .. import _tvm
 from .._tvm import ms, tvm
 from ..errors import BuildError
-from ..kernels.x86_intrin import space_for_kernel
+from ..kernels.select import space_for_kernel
 
 
 def apply_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed: int = 1) -> tuple[tvm.ir.IRModule, int]:

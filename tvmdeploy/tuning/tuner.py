@@ -26,7 +26,7 @@ import numpy as np
 from .. import _tvm
 from .._tvm import ms, relax, tvm
 from ..errors import BuildError, TvmDeployError, summarize_exception
-from ..kernels.x86_intrin import space_for_kernel
+from ..kernels.select import space_for_kernel
 from .cache import TargetCache
 from .progress import Progress, ProgressState
 from .records import RECORD_FILE, WORKLOAD_FILE, read_database
