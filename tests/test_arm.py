@@ -272,3 +272,47 @@ def test_tuning_a_cross_preset_without_a_device_says_how(capsys):
     assert code == 1 and "--tracker HOST:PORT --key KEY" in err and len(err.strip().splitlines()) == 1, err
     code, _, err = cli(capsys, "tune", MODELS / "mlp.onnx", "--target", PRESET, "--key", PRESET)
     assert code == 1 and "--key needs --tracker" in err, err
+
+
+def test_int8_runs_sdot_kernels_on_an_emulated_cortex_a76(arm_board, tmp_path):
+    """int8 for a dot-product ARM preset: packed s8 x s8 kernels tensorized with sdot,
+    run under qemu's Cortex-A76, against the same int8 model built for this x86 host."""
+    from tvmdeploy import compile_model, load
+    from tvmdeploy.calibration import sqnr_db
+    from tvmdeploy.data import DIGITS_CALIBRATION, DIGITS_CNN, DIGITS_TEST
+    from tvmdeploy.quantization import Int8Static
+
+    arm = compile_model(
+        DIGITS_CNN, "aarch64-cortex-a76", output_dir=tmp_path / "arm", quantize=Int8Static(),
+        calibration_data=DIGITS_CALIBRATION,
+    )
+    kernels = arm.manifest.extra["quantization"]["kernels"]
+    assert kernels["intrinsic"] == "dot_4x4_i8i8s32_sdot"
+    assert kernels["packed_layers"] == ["conv2d_0", "conv2d_1", "conv2d_2", "matmul_0"]
+    library = next(p for p in arm.artifact_dir.iterdir() if p.suffix == ".so")
+    asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(library)], capture_output=True, text=True, check=True)
+    assert "sdot" in asm.stdout
+
+    images = np.load(DIGITS_TEST)["image"][:100]
+    np.savez(tmp_path / "in.npz", image=images)
+    script = tmp_path / "run_digits.py"
+    script.write_text(
+        "import sys\nimport numpy as np\nimport tvmdeploy.runtime as rt\n"
+        "model = rt.load(sys.argv[1])\n"
+        "images = np.load(sys.argv[2])['image']\n"
+        "np.save(sys.argv[3], np.concatenate([model(x[None])[0] for x in images]))\n"
+    )
+    argv, env = arm_board.python_command(cpu="cortex-a76", pythonpath=[str(REPO)])
+    run = subprocess.run(
+        [*argv, str(script), str(arm.artifact_dir), str(tmp_path / "in.npz"), str(tmp_path / "out.npy")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    on_board = np.load(tmp_path / "out.npy")
+    host = load(compile_model(
+        DIGITS_CNN, "host", output_dir=tmp_path / "host", quantize=Int8Static(), calibration_data=DIGITS_CALIBRATION,
+    ).artifact_dir)
+    here = np.concatenate([host(x[None])[0] for x in images])
+    # The same integers; float epilogues may round differently (FMA contraction on ARM).
+    assert sqnr_db(here, on_board) >= 30
+    assert np.mean(here.argmax(axis=1) == on_board.argmax(axis=1)) >= 0.98
