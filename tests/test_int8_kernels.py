@@ -31,6 +31,7 @@ rng = np.random.default_rng(0)
 HOST = resolve_preset(load_preset("host"))[1]
 HOST_PACKED = packed_int8_for(HOST)
 HOST_INTRIN = HOST_PACKED.intrinsic if HOST_PACKED else None
+WMAX = HOST_PACKED.weight_max if HOST_PACKED else 127  # 63 where the instruction saturates int16
 needs_int8_instruction = pytest.mark.skipif(
     HOST_PACKED is None or HOST_PACKED.lanes != 16, reason="this CPU has no x86 int8 dot-product instruction"
 )
@@ -94,7 +95,7 @@ def test_packing_puts_16_output_by_4_input_channels_together():
 ])
 def test_conv_kernel_matches_numpy_exactly(shape, oc, k, stride, pad, dilation):
     x = rng.integers(0, 256, shape).astype(np.uint8)
-    w = rng.integers(-127, 128, (oc, k, k, shape[3])).astype(np.int8)
+    w = rng.integers(-WMAX, WMAX + 1, (oc, k, k, shape[3])).astype(np.int8)
     packed = kp.pack_conv2d_weight(w, 16)
     prim = kp.conv2d_nhwc_packed(shape, packed.shape, (stride, stride), pad, (dilation, dilation))
     ref = _conv_reference(x, w, stride, pad, dilation)
@@ -105,7 +106,7 @@ def test_conv_kernel_matches_numpy_exactly(shape, oc, k, stride, pad, dilation):
 @needs_int8_instruction
 def test_dense_kernel_matches_numpy_exactly_and_uses_the_instruction():
     x = rng.integers(0, 256, (2, 5, 30)).astype(np.uint8)  # K=30: padded to 32
-    w = rng.integers(-127, 128, (30, 64)).astype(np.int8)
+    w = rng.integers(-WMAX, WMAX + 1, (30, 64)).astype(np.int8)
     packed = kp.pack_dense_weight(w, 16)
     executable = _build(kp.dense_packed(x.shape, packed.shape))
     out = _run(executable, x, packed, out_shape=(2, 5, 64))
@@ -135,7 +136,7 @@ def test_packed_layers_compute_what_the_generic_int8_layers_compute():
     mod = _nhwc_net()
     scales = {"conv2d_0": 4.5 / 127, "matmul_0": 8.0 / 127}  # about max|x| of each input
     packed = QuantizeLayersInt8(scales, packed=HOST_PACKED)(mod)
-    generic = QuantizeLayersInt8(scales, packed=None)(mod)
+    generic = QuantizeLayersInt8(scales, packed=None, weight_max=WMAX)(mod)
     kernels = sorted(gv.name_hint for gv, f in packed.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
     assert kernels == ["conv2d_0_int8_packed", "matmul_0_int8_packed"]
     samples = [[rng.standard_normal((1, 6, 6, 8)).astype(np.float32)] for _ in range(3)]

@@ -27,7 +27,7 @@ exact only when every pair sum fits in int16, which holds for all activations wh
 weights lie in [-64, 63] (2 * 255 * 64 = 32640), or for all weights when the activations lie
 in [0, 127] (2 * 127 * 128 = 32512). The intrinsic does not check this: the caller must
 limit the weight range (e.g. quantize to 7 bits) on AVX2 targets. Beyond that, the result
-is the saturating pair sum, bit for bit (see tests/test_avx2_intrin.py).
+is the saturating pair sum, bit for bit (see tests/test_x86_intrin.py).
 """
 
 from __future__ import annotations

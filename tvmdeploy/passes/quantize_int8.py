@@ -102,11 +102,15 @@ class QuantizeLayersInt8:
     u8 x s8 pairs in int16, vpmaddubsw, which saturates beyond that).
     """
 
-    def __init__(self, input_scales: Mapping[str, float], per_channel: bool = True, packed: PackedInt8 | None = None):
+    def __init__(
+        self, input_scales: Mapping[str, float], per_channel: bool = True, packed: PackedInt8 | None = None,
+        weight_max: int | None = None,
+    ):
         self.input_scales = dict(input_scales)
         self.per_channel = per_channel
         self.packed = packed
-        self.weight_max = packed.weight_max if packed is not None else 127
+        # Default: what the packed kernels' instruction allows (127 without them).
+        self.weight_max = weight_max or (packed.weight_max if packed is not None else 127)
 
     def transform_module(self, mod: IRModule, ctx: PassContext) -> IRModule:
         kernels = relax.BlockBuilder()  # gives the new kernels' GlobalVars their types
