@@ -168,3 +168,33 @@ def test_avx2_preset_int8_uses_vpmaddubsw_with_7_bit_weights(tmp_path):
     assert sqnr_db(ref, out) >= 20
     accuracy = [100 * np.mean(o.argmax(axis=1) == test["label"]) for o in (ref, out)]
     assert accuracy[1] >= accuracy[0] - 0.5
+
+
+@needs_int8_instruction
+def test_tuned_int8_kernels_and_a_later_fp32_compile_sharing_the_cache(tmp_path):
+    """A few tuning trials on the packed kernels (tensorized candidates, measured), the
+    tuned artifact computes what the untuned one does; then a fresh process compiling
+    fp32 with the same cache reads records whose traces tensorize with tvmdeploy's
+    intrinsics (it used to fail: not registered there yet)."""
+    import sys
+
+    from tvmdeploy.tuning.tuner import TuningBudget
+
+    cache = tmp_path / "cache"
+    options = dict(quantize=Int8Static(), calibration_data=DIGITS_CALIBRATION)
+    tuned = compile_model(
+        DIGITS_CNN, output_dir=tmp_path / "tuned", tune=TuningBudget(trials=16, trials_per_task=4), cache_dir=cache,
+        **options,
+    )
+    report = tuned.manifest.extra["tuning"]
+    assert report["trials"] > 0 and any("int8_packed" in t["name"] and t["best_ms"] for t in report["tasks"])
+    untuned = load(compile_model(DIGITS_CNN, output_dir=tmp_path / "untuned", **options).artifact_dir)
+    model = load(tuned.artifact_dir)
+    images = np.load(DIGITS_TEST)["image"][:32]
+    for x in images:
+        np.testing.assert_allclose(model(x[None])[0], untuned(x[None])[0], rtol=1e-5, atol=1e-5)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tvmdeploy", "compile", str(DIGITS_CNN), "--cache-dir", str(cache), "-o", str(tmp_path / "fp32")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -371,6 +371,10 @@ def _logs_to_files_only(logger: logging.Logger) -> None:
 
 
 def _load_database(folder: Path):
+    # Loading replays every record's trace, and int8 records tensorize with tvmdeploy's
+    # intrinsics: a database read before they are registered fails ("TensorIntrin
+    # 'tvmdeploy_dot_16x4_vnni' is not registered") in an fp32 compile sharing the cache.
+    _tvm.register_tensor_intrinsics("llvm")
     return ms.database.JSONDatabase(
         path_workload=str(folder / WORKLOAD_FILE),
         path_tuning_record=str(folder / RECORD_FILE),
