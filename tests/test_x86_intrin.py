@@ -172,6 +172,14 @@ def test_short_tune_is_tensorized_and_exact(tmp_path):
     from tvm.s_tir import meta_schedule as ms
 
     _tvm.register_tensor_intrinsics()
+    # MetaSchedule re-lists the logger's existing handlers in its logging config; ones an
+    # earlier tuning in this process left behind break it (as tvmdeploy's tuner does: start clean).
+    import logging
+
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(ms_logger.handlers):
+        ms_logger.removeHandler(handler)
+        handler.close()
     mod = tvm.IRModule({"main": packed_dense()})
     target = _ms_target()
     database = ms.tune_tir(
