@@ -114,6 +114,10 @@ def digits_artifact(session_dir, digits_model) -> Path:
 
 
 def pytest_configure(config):
+    # The compile side maps TVM's compiler library first: a test that only loads an artifact
+    # must not leave this process with the runtime-only library for the tests that compile.
+    import tvmdeploy.compiler  # noqa: F401
+
     os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
     # Hermetic: tests never read or write the user's real tuning cache (~/.cache/tvmdeploy).
     import tempfile

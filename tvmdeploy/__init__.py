@@ -1,9 +1,15 @@
 """tvmdeploy: compile trained models into fast, verified TVM artifacts.
 
-Importing the package is cheap and loads no TVM code: the compiler side
-(`tvmdeploy.compiler`) and the thin loader (`tvmdeploy.runtime`) are imported on
-first use, so a deployment process that only runs artifacts never maps TVM's
-compiler library.
+Two sides, two folders:
+- `tvmdeploy.runtime`: the deploy side (loader, manifest, weights file, device checks,
+  bench, remote runs). It needs TVM's runtime library and numpy, imports nothing from
+  the compile side, and maps only libtvm_runtime.so when it is the first to import TVM.
+- `tvmdeploy.compiler`: the pipeline (import, graph passes, pruning, quantization,
+  lowering, scheduling, build, packaging); the only side that imports TVM's compiler.
+- `tvmdeploy.board`: an emulated aarch64 board (qemu-user) for cross-compiled artifacts.
+
+Importing the package is cheap and loads no TVM code: `compile_model` and `load` are
+imported on first use.
 """
 
 __version__ = "0.1.0"

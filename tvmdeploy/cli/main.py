@@ -176,7 +176,7 @@ def _remote(args):
     """The remote device the arguments name, or None to run here."""
     if not (args.rpc or args.tracker or args.key):
         return None
-    from ..remote import RemoteDevice
+    from ..runtime.remote import RemoteDevice
 
     return RemoteDevice(rpc=args.rpc, tracker=args.tracker, key=args.key)
 
@@ -188,7 +188,7 @@ def _add_tuning_options(p) -> None:
 
 
 def _budget(trials: int, args):
-    from ..tuning.tuner import TuningBudget
+    from ..compiler.tuning.tuner import TuningBudget
 
     return TuningBudget(trials=trials, trials_per_task=args.trials_per_task, minutes=args.time_budget)
 
@@ -238,12 +238,12 @@ def _shrink_configs(args):
     """(prune config, quantize config) from the parsed options."""
     prune = None
     if args.prune:
-        from ..pruning import parse_prune_spec
+        from ..compiler.pruning import parse_prune_spec
 
         prune = parse_prune_spec(args.prune, args.max_accuracy_drop)
     quantize = None
     if args.quantize:
-        from ..quantization import parse_quantize_spec
+        from ..compiler.quantization import parse_quantize_spec
 
         quantize = parse_quantize_spec(
             args.quantize, observer=args.observer, percentile=args.percentile, min_layer_sqnr_db=args.min_layer_sqnr,
@@ -257,7 +257,7 @@ def _shrink_configs(args):
 
 
 def _cmd_compile(args) -> int:
-    from ..compiler import compile_model
+    from ..compiler.pipeline import compile_model
 
     tune = args.tune or args.tune_trials is not None
     prune, quantize = _shrink_configs(args)
@@ -315,7 +315,7 @@ def _ms(value) -> str:
 
 
 def _cmd_tune(args) -> int:
-    from ..compiler import tune_model
+    from ..compiler.pipeline import tune_model
 
     prune, quantize = _shrink_configs(args)
     report = tune_model(
@@ -341,9 +341,9 @@ def _cmd_tune(args) -> int:
 
 
 def _cmd_tuning_export(args) -> int:
-    from .. import _tvm
-    from ..presets import load_preset, resolve_preset
-    from ..tuning.cache import TargetCache
+    from ..compiler import _tvm
+    from ..compiler.presets import load_preset, resolve_preset
+    from ..compiler.tuning.cache import TargetCache
 
     _, tvm_target = resolve_preset(load_preset(args.target))
     cache = TargetCache.open(_tvm.target_to_dict(tvm_target), _tvm.TVM_VERSION, args.cache_dir)
@@ -355,8 +355,8 @@ def _cmd_tuning_export(args) -> int:
 
 
 def _cmd_tuning_import(args) -> int:
-    from .. import _tvm
-    from ..tuning.cache import import_records
+    from ..compiler import _tvm
+    from ..compiler.tuning.cache import import_records
 
     cache, total, added = import_records(args.file, _tvm.TVM_VERSION, args.cache_dir)
     print(f"imported {added} new of {total} records into {cache.folder}")
@@ -397,11 +397,11 @@ def _load_inputs(items: list[str], model) -> dict[str, "object"]:
 def _cmd_run(args) -> int:
     import numpy as np
 
-    from ..runtime import load, read_manifest
+    from ..runtime.loader import load, read_manifest
 
     remote = _remote(args)
     if remote is not None:
-        from ..remote import load_remote
+        from ..runtime.remote import load_remote
 
         model = load_remote(args.artifact, rpc=remote.rpc, tracker=remote.tracker, key=remote.key, threads=args.threads)
     else:
@@ -434,7 +434,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    from ..runtime import read_manifest, verify_files
+    from ..runtime.loader import read_manifest, verify_files
 
     manifest = read_manifest(args.artifact)
     if args.json:
@@ -468,14 +468,14 @@ def _target_line(target: dict) -> str:
 
 
 def _cmd_bench(args) -> int:
-    from ..bench import bench_artifact, write_chart
+    from ..runtime.bench import bench_artifact, write_chart
 
     if args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
     remote = _remote(args)
     if remote is not None:
         # On the device only: ONNX Runtime would run here, not there, so no comparison.
-        from ..remote import bench_remote
+        from ..runtime.remote import bench_remote
 
         print(bench_remote(args.artifact, remote, threads=args.threads, warmup=args.warmup, repeat=args.repeat).table())
         return 0
@@ -494,7 +494,7 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_targets(args) -> int:
-    from ..presets import list_presets
+    from ..compiler.presets import list_presets
 
     presets = list_presets()
     width = max(len(p.name) for p in presets)

@@ -1,0 +1,190 @@
+"""Tuning with MetaSchedule into the per-target cache: records, reuse, kill safety,
+concurrency, export/import. Counts and numerics only, never wall-clock time.
+
+Each tuning run costs ~30-60 s on 2 cores (MetaSchedule's setup dominates), so the
+models are tiny and the budgets a handful of trials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import MODELS, ort_run
+
+from tvmdeploy import compile_model
+from tvmdeploy.errors import TvmDeployError
+from tvmdeploy.runtime import load
+from tvmdeploy.compiler.tuning.cache import TargetCache, import_records
+from tvmdeploy.compiler.tuning.records import RECORD_FILE, WORKLOAD_FILE, read_database
+from tvmdeploy.compiler.tuning.tuner import TuningBudget
+
+MLP = MODELS / "mlp.onnx"
+
+
+def _cli(*args, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "tvmdeploy.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def _target_folder(cache_root):
+    folders = list((cache_root / "tuning").glob("v1/tvm-*/llvm-*"))
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+def _loads_in_metaschedule(folder) -> int:
+    from tvmdeploy.compiler._tvm import ms
+
+    db = ms.database.JSONDatabase(
+        path_workload=str(folder / WORKLOAD_FILE), path_tuning_record=str(folder / RECORD_FILE), allow_missing=False
+    )
+    return len(db)
+
+
+def test_tune_compile_then_reuse_with_zero_trials(tmp_path):
+    cache = tmp_path / "cache"
+    first = compile_model(MLP, "host", output_dir=tmp_path / "a", tune=TuningBudget(trials=3), cache_dir=cache)
+    tuning = first.manifest.extra["tuning"]
+    assert tuning["trials"] == 3 and tuning["tasks_from_cache"] == 0
+    assert len(tuning["tasks"]) == 3 and all(t["source"] == "tuned" for t in tuning["tasks"])
+    assert tuning["kernels_scheduled_from_cache"] == 3
+    assert tuning["estimated_ms"] > 0 and tuning["measured_ms"] > 0
+    assert "MetaScheduleApplyDatabase" in first.manifest.passes
+    folder = _target_folder(cache)
+    assert len(read_database(folder).records) >= 3 and _loads_in_metaschedule(folder) >= 3
+
+    model = load(first.artifact_dir)
+    x = np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)
+    np.testing.assert_allclose(model(x)[0], ort_run(MLP, {"x": x})[0], rtol=1e-3, atol=1e-4)
+
+    second = compile_model(MLP, "host", output_dir=tmp_path / "b", tune=TuningBudget(trials=3), cache_dir=cache)
+    again = second.manifest.extra["tuning"]
+    assert again["trials"] == 0 and again["tasks_from_cache"] == 3 and again["stopped_by"] == "nothing to tune"
+    assert again["kernels_scheduled_from_cache"] == 3
+
+    # Without --tune the cache is still used, and a different target has its own cache.
+    plain = compile_model(MLP, "host", output_dir=tmp_path / "c", cache_dir=cache)
+    assert plain.manifest.extra["tuning"]["kernels_scheduled_from_cache"] == 3
+    other = compile_model(MLP, "x86_64", output_dir=tmp_path / "d", cache_dir=cache)
+    assert other.manifest.extra["tuning"]["kernels_scheduled_from_cache"] == 0
+
+
+def test_sigterm_midway_leaves_a_loadable_cache_that_the_next_run_extends(tmp_path):
+    cache = tmp_path / "cache"
+    model = MODELS / "conv_bn_relu.onnx"  # 5 kernels
+    budget = ("--trials", "60", "--trials-per-task", "12")  # batches of 6: two per kernel
+    proc = _cli("tune", model, *budget, "--cache-dir", cache)
+    deadline = time.monotonic() + 300
+    records = []
+    while proc.poll() is None and time.monotonic() < deadline:
+        folders = list((cache / "tuning").glob("v1/tvm-*/llvm-*"))
+        records = read_database(folders[0]).records if folders else []
+        if records:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None and records, "tuning ended before any record landed"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+
+    folder = _target_folder(cache)
+    before = read_database(folder)
+    assert before.records and before.skipped_lines == 0
+    assert _loads_in_metaschedule(folder) >= len(before.records)
+    covered = before.workload_hashes_with_records()
+
+    # The same budget again: the killed run's kernels are continued, not skipped.
+    result = compile_model(
+        model, "host", output_dir=tmp_path / "art", tune=TuningBudget(trials=60, trials_per_task=12), cache_dir=cache
+    )
+    tuning = result.manifest.extra["tuning"]
+    assert 0 < tuning["trials"] < 60
+    after = read_database(folder)
+    assert len(after.records) > len(before.records)
+    assert covered <= after.workload_hashes_with_records()
+
+
+def test_two_processes_tuning_one_cache(tmp_path):
+    cache = tmp_path / "cache"
+    procs = [_cli("tune", MLP, "--trials", "3", "--cache-dir", cache) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err
+    folder = _target_folder(cache)
+    records = read_database(folder)
+    assert records.skipped_lines == 0 and len(records.records) >= 3
+    assert _loads_in_metaschedule(folder) == len(records.records)
+    assert not list((folder / "sessions").iterdir())
+
+
+def test_export_import_into_an_empty_cache_means_zero_trials(tmp_path):
+    source, empty = tmp_path / "source", tmp_path / "empty"
+    compile_model(MLP, "host", output_dir=tmp_path / "a", tune=TuningBudget(trials=3), cache_dir=source)
+    exported = tmp_path / "records.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tvmdeploy.cli", "tuning", "export", "--target", "host", "-o", exported, "--cache-dir", source],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(exported.read_text())["format"] == "tvmdeploy-tuning-records"
+
+    from tvmdeploy.compiler._tvm import TVM_VERSION
+
+    target_cache, total, added = import_records(exported, TVM_VERSION, empty)
+    assert total == added >= 3
+    result = compile_model(MLP, "host", output_dir=tmp_path / "b", tune=TuningBudget(trials=3), cache_dir=empty)
+    assert result.manifest.extra["tuning"]["trials"] == 0
+    assert result.manifest.extra["tuning"]["kernels_scheduled_from_cache"] == 3
+    assert import_records(exported, TVM_VERSION, empty)[2] == 0  # importing twice adds nothing
+
+
+def test_import_rejects_bad_files(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(TvmDeployError, match=r"bad.json: not a tuning-records file"):
+        import_records(bad, "0.27.0.post1", tmp_path)
+    bad.write_text(json.dumps({"format": "tvmdeploy-tuning-records", "version": 1, "tvm": "0.26.0", "target": {}}))
+    with pytest.raises(TvmDeployError, match=r"made with TVM 0.26.0, this is TVM 0.27.0.post1"):
+        import_records(bad, "0.27.0.post1", tmp_path)
+    with pytest.raises(TvmDeployError, match=r"nothing.json: no such file"):
+        import_records(tmp_path / "nothing.json", "0.27.0.post1", tmp_path)
+
+
+def test_truncated_lines_from_a_killed_writer_are_skipped(tmp_path):
+    folder = tmp_path / "db"
+    folder.mkdir()
+    (folder / WORKLOAD_FILE).write_text('["1","AAAA"]\n["2","BBBB"]\n')
+    (folder / RECORD_FILE).write_text('[0,[[[],[]],[0.001],{"kind":"llvm"},[]]]\n[1,[[[],[]],[0.002],{"kind":"llvm"},[]]]\n[1,[[[],[]],[0.0')
+    records = read_database(folder)
+    assert len(records.records) == 2 and records.skipped_lines == 1
+
+
+def test_cache_is_per_target_and_tvm_version(tmp_path):
+    a = TargetCache.open({"kind": "llvm", "mcpu": "haswell", "mtriple": "x86_64-linux-gnu"}, "0.27.0", tmp_path)
+    b = TargetCache.open({"kind": "llvm", "mcpu": "znver4", "mtriple": "x86_64-linux-gnu"}, "0.27.0", tmp_path)
+    c = TargetCache.open({"kind": "llvm", "mcpu": "haswell", "mtriple": "x86_64-linux-gnu"}, "0.28.0", tmp_path)
+    assert len({a.folder, b.folder, c.folder}) == 3
+    assert "haswell" in a.folder.name and "tvm-0.27.0" in str(a.folder)
+
+
+def test_default_cache_location_honours_the_environment(tmp_path, monkeypatch):
+    from tvmdeploy.compiler.tuning.cache import default_cache_root
+
+    monkeypatch.setenv("TVMDEPLOY_CACHE_DIR", str(tmp_path / "x"))
+    assert default_cache_root() == tmp_path / "x"
+    monkeypatch.delenv("TVMDEPLOY_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_root() == tmp_path / "xdg" / "tvmdeploy"
+    assert os.environ.get("TVMDEPLOY_CACHE_DIR") is None

@@ -1,0 +1,297 @@
+"""The pipeline, top to bottom: import -> optimize -> lower -> tune -> build -> package.
+
+`compile_model` and `tune_model` are the typed Python API behind `tvmdeploy compile` and
+`tvmdeploy tune`; the CLI only parses arguments into them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import __version__
+from .artifact import finalize, staging_folder
+from .build import build_library, library_file_name
+from ..errors import RemoteError, TvmDeployError
+from .frontend import import_model
+from ..runtime.manifest import Manifest
+from .optimize import optimize_graph
+from .presets import load_preset, resolve_preset
+from .tuning.progress import Progress
+from ..runtime.weights_file import WEIGHTS_FILE, write_weights
+
+if TYPE_CHECKING:
+    import tvm
+
+    from .pruning import PruningConfig
+    from .quantization import QuantizationConfig
+    from .tuning.tuner import TuningBudget
+
+DEFAULT_ARTIFACTS_DIR = Path("artifacts")
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    artifact_dir: Path
+    manifest: Manifest
+
+
+def compile_model(
+    model: str | os.PathLike,
+    target: str = "host",
+    output_dir: str | os.PathLike | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    tune: "TuningBudget | None" = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    prune: "PruningConfig | None" = None,
+    quantize: "QuantizationConfig | None" = None,
+    calibration_data: str | os.PathLike | None = None,
+) -> CompileResult:
+    """Compile an ONNX model for a target preset into an artifact folder.
+
+    model: path to an .onnx file. target: a preset name (`tvmdeploy targets`) or a path
+    to a preset .toml. output_dir: the artifact folder (default
+    artifacts/<model>-<preset>). input_shapes: {input name: shape} for inputs whose
+    shape the model leaves symbolic. tune: a TuningBudget to tune the kernels the
+    tuning cache does not cover yet (None: only reuse what the cache has). cache_dir:
+    the tuning cache root (default: $TVMDEPLOY_CACHE_DIR or ~/.cache/tvmdeploy).
+    prune: a StructuredPruning / MagnitudePruning config. quantize: an Int8WeightOnly /
+    Int8Static config. calibration_data: an .npz with one array per input (first axis:
+    samples) and optional labels, on which pruning and quantization measure their
+    accuracy cost (pruning picks ratios there for --max-accuracy-drop; int8 calibrates
+    its activation scales there).
+    """
+    started = time.perf_counter()
+    from . import _tvm
+    from .tuning.cache import TargetCache
+    from .tuning.default_schedule import apply_default_schedules
+    from .tuning.tuner import LOWERING_PASSES, apply_cached, lower_for_tuning
+    from .tuning.tuner import tune as tune_kernels
+
+    # 1. Resolve and validate the target preset (cheap failures first).
+    preset, tvm_target = resolve_preset(load_preset(target))
+    target_dict = _tvm.target_to_dict(tvm_target)
+
+    # 2. Import: ONNX -> Relax with static input shapes, weights bound as constants.
+    imported = import_model(model, input_shapes=input_shapes)
+
+    # 3. Optimize the graph: fold constants and BatchNorm, simplify.
+    mod, graph_passes = optimize_graph(imported.mod)
+
+    # 4. Prune and quantize (if asked). Structured pruning rewrites layers to fewer
+    #    channels; magnitude pruning zeroes weights, which then travel compactly beside
+    #    the library; int8 rewrites conv/matmul to int8 weights (and int8 compute).
+    shrunk = shrink_graph(mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress, tvm_target)
+    mod, pruning, quantization, weights = shrunk.mod, shrunk.pruning, shrunk.quantization, shrunk.weights
+
+    # 5. Lower to fused kernels: the units that are tuned, cached and built.
+    fused = lower_for_tuning(mod)
+
+    # 6. Tune what the cache does not cover (if asked), then schedule every kernel the
+    #    cache has a record for.
+    cache = TargetCache.open(target_dict, _tvm.TVM_VERSION, cache_dir)
+    if tune is not None:
+        from .tuning.remote import require_local_measurement
+
+        require_local_measurement(preset)  # cross presets tune with `tvmdeploy tune --tracker`
+    report = tune_kernels(fused, tvm_target, cache, tune, progress) if tune is not None else None
+    scheduled, kernels_from_cache = apply_cached(fused, tvm_target, cache)
+
+    # 7. Every CPU kernel still without a schedule gets MetaSchedule's first design-space
+    #    sample (tiled, parallel, vectorized) instead of naive loops; every GPU kernel
+    #    dlight's default GPU schedule.
+    scheduled, kernels_default = apply_default_schedules(scheduled, tvm_target)
+
+    destination = Path(output_dir) if output_dir else DEFAULT_ARTIFACTS_DIR / f"{imported.name}-{preset.name}"
+    with staging_folder(destination) as staging:
+        # 8. Build: tvm.compile (codegen; default GPU schedules for unscheduled kernels)
+        #    and export the shared library.
+        library = library_file_name(preset)
+        build_library(scheduled, tvm_target, preset, staging / library)
+        if weights is not None:
+            write_weights(staging / WEIGHTS_FILE, weights)
+
+        # 9. Package: manifest with provenance and file hashes, then rename into place.
+        tuning = report.to_json() if report is not None else {"cache_folder": str(cache.folder)}
+        tuning["kernels_scheduled_from_cache"] = kernels_from_cache
+        tuning["kernels_default_schedule"] = kernels_default
+        if report is not None:
+            tuning["measured_ms"] = _measured_ms(staging / library, preset, imported.inputs, weights)
+        manifest = Manifest(
+            model_name=imported.name,
+            source_file=str(imported.source),
+            source_sha256=imported.source_sha256,
+            inputs=imported.inputs,
+            outputs=imported.outputs,
+            preset=preset.name,
+            target=target_dict,
+            device=preset.device,
+            arch=preset.arch,
+            cpu_flags=_tvm.required_cpu_flags(tvm_target),
+            threads=preset.build.threads,
+            library=library,
+            weights="embedded" if weights is None else WEIGHTS_FILE,
+            passes=[*imported.import_passes, *graph_passes]
+            + ([{"structured": "PruneChannels", "magnitude": "PruneMagnitude"}[pruning["scheme"]]] if pruning else [])
+            + (
+                {
+                    "int8-weight": ["QuantizeWeightsInt8", "FuseDecodeIntoConsumer"],
+                    "int8": ["QuantizeLayersInt8"],
+                    "qdq-int8": ["QuantizeLayersInt8"],
+                    "fp16": ["ToMixedPrecision"],
+                }[
+                    quantization["scheme"]
+                ]
+                if quantization
+                else []
+            )
+            + [*LOWERING_PASSES]
+            + (["MetaScheduleApplyDatabase"] if kernels_from_cache else [])
+            + ([_DEFAULT_SCHEDULES_PASS[preset.device]] if kernels_default else []),
+            versions=_versions(preset.device),
+            build_seconds=round(time.perf_counter() - started, 3),
+            extra={
+                "tuning": tuning,
+                **({"pruning": pruning} if pruning is not None else {}),
+                **({"quantization": quantization} if quantization is not None else {}),
+            },
+            compute_capability=_compute_capability(preset),
+        )
+        manifest = finalize(staging, destination, manifest)
+    return CompileResult(artifact_dir=destination, manifest=manifest)
+
+
+@dataclass
+class ShrunkGraph:
+    mod: "tvm.ir.IRModule"
+    pruning: dict | None  # manifest reports
+    quantization: dict | None
+    weights: list | None  # weights to store beside the library (None: embedded)
+
+
+def shrink_graph(
+    mod, inputs, prune=None, quantize=None, calibration_data=None, device="cpu", progress=None, target=None
+) -> ShrunkGraph:
+    """Pruning and quantization of the optimized graph, the same for compile and tune (so
+    tuning sees the kernels the artifact will have)."""
+    pruning, quantization, weights, calibration = None, None, None, None
+    if calibration_data is not None:
+        if prune is None and quantize is None:
+            raise TvmDeployError("--calibration-data is for --prune and --quantize; neither was asked for")
+        from .calibration import load_calibration
+
+        calibration = load_calibration(calibration_data, inputs)
+    if prune is not None:
+        from .pruning.prune import prune_graph
+
+        mod, pruning = prune_graph(mod, prune, inputs, calibration, progress)
+    if quantize is not None:
+        from .quantization.quantize import quantize_graph
+
+        mod, quantization = quantize_graph(mod, quantize, inputs, calibration, progress, device, target)
+    else:
+        # A pre-quantized (QDQ) model: its quantized layers compute in int8, not as float
+        # (a model without QuantizeLinear/DequantizeLinear comes back unchanged).
+        from .quantization.quantize import quantize_qdq_model
+
+        mod, quantization = quantize_qdq_model(mod, inputs, progress, target)
+    if pruning is not None and pruning["scheme"] == "magnitude":
+        from .pruning.lift import lift_weights
+
+        mod, weights = lift_weights(mod)
+    return ShrunkGraph(mod, pruning, quantization, weights)
+
+
+def tune_model(
+    model: str | os.PathLike,
+    target: str = "host",
+    budget: "TuningBudget | None" = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
+    prune: "PruningConfig | None" = None,
+    quantize: "QuantizationConfig | None" = None,
+    calibration_data: str | os.PathLike | None = None,
+):
+    """Tune a model's kernels for a target into the tuning cache (no artifact); returns a TuningReport.
+
+    tracker ('HOST:PORT') and key: measure the candidates on a device that TVM RPC tracker
+    hands out under that key (cross-compiled with the preset's toolchain), not here.
+    prune / quantize / calibration_data: as for compile_model, so the tuned kernels are
+    the ones a compile with the same options builds.
+    """
+    from . import _tvm
+    from .tuning.cache import TargetCache
+    from .tuning.tuner import TuningBudget, lower_for_tuning, tune
+
+    preset, tvm_target = resolve_preset(load_preset(target))
+    measure = None
+    if tracker or key:
+        from .tuning.remote import RemoteMeasure
+
+        if not tracker:
+            raise RemoteError("--key needs --tracker HOST:PORT (remote tuning measures through a tracker)")
+        measure = RemoteMeasure.for_preset(preset, tracker, key)
+    else:
+        from .tuning.remote import require_local_measurement
+
+        require_local_measurement(preset)
+    imported = import_model(model, input_shapes=input_shapes)
+    mod, _ = optimize_graph(imported.mod)
+    mod = shrink_graph(mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress, tvm_target).mod
+    cache = TargetCache.open(_tvm.target_to_dict(tvm_target), _tvm.TVM_VERSION, cache_dir)
+    return tune(lower_for_tuning(mod), tvm_target, cache, budget or TuningBudget(), progress, measure)
+
+
+def _measured_ms(library: Path, preset, inputs, weights=None) -> float | None:
+    """Median latency of the freshly built library on this machine (when it can run here)."""
+    import numpy as np
+
+    from . import _tvm
+    from ..runtime.loader import machine_arch
+
+    if preset.device != "cpu" or preset.arch != machine_arch() or library.suffix != ".so":
+        return None
+    tvm = _tvm.tvm
+    device = tvm.cpu()
+    vm = _tvm.relax.VirtualMachine(tvm.runtime.load_module(str(library)), device)
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.standard_normal(s.shape).astype(s.dtype), device) for s in inputs]
+    args += [tvm.runtime.tensor(w, device) for w in weights or []]
+    timer = vm.time_evaluator("main", device, number=3, repeat=5)
+    return round(float(np.median(timer(*args).results)) * 1e3, 6)
+
+
+_DEFAULT_SCHEDULES_PASS = {"cpu": "DefaultCPUSchedules", "cuda": "DefaultGPUSchedules(dlight)"}
+
+
+def _compute_capability(preset) -> str | None:
+    """The oldest GPU the device code runs on: the preset's arch (its PTX JITs on newer ones)."""
+    from ..runtime.devices import compute_capability_of_arch
+
+    return compute_capability_of_arch(str(preset.target["arch"])) if preset.device == "cuda" else None
+
+
+def _versions(device: str = "cpu") -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import onnx
+
+    from . import _tvm
+
+    found = {"tvmdeploy": __version__, "tvm": _tvm.TVM_VERSION, "onnx": onnx.__version__}
+    try:
+        found["tvm-ffi"] = version("apache-tvm-ffi")
+    except PackageNotFoundError:  # pragma: no cover - a source build of TVM
+        pass
+    if device == "cuda":
+        from .cuda_build import nvcc_version
+
+        found["nvcc"] = nvcc_version() or "unknown"
+    return found

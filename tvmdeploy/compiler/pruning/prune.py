@@ -1,0 +1,285 @@
+"""Pruning, top to bottom: rank, (scan sensitivity and pick per-layer ratios), rewrite, report.
+
+`prune_graph` takes the optimized Relax module (BatchNorm already folded, weights are
+constants) and returns the pruned module plus the report that goes into the manifest.
+Candidate plans are judged on a model built once with its weights as parameters
+(`WeightEditableModel`): each plan is a set of numpy weight edits that reproduce the
+pruned model's outputs exactly, so a scan costs inference passes, not builds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import numpy as np
+
+from ..calibration import Calibration, accuracy_report, random_calibration
+from ..passes.prune_channels import PruneChannels
+from ..passes.prune_magnitude import PruneMagnitude, magnitude_masks
+from ..analysis.channels import kept_indices
+from .config import (
+    CONFIG_VERSION,
+    RATIO_GRID,
+    MagnitudePruning,
+    PruningConfig,
+    PruningError,
+    StructuredPruning,
+)
+from .evaluate import WeightEditableModel
+from ..analysis.stats import model_stats
+
+
+class _Scorer:
+    """Drop in top-1 points (accuracy with labels, else agreement with the unpruned model)."""
+
+    def __init__(self, model: WeightEditableModel, calibration: Calibration):
+        self.model, self.calibration = model, calibration
+        self.reference = model.run(model.weights, calibration.samples)
+        self.evaluations = 0
+
+    def drop(self, weights) -> tuple[float, list]:
+        self.evaluations += 1
+        outputs = self.model.run(weights, self.calibration.samples)
+        return accuracy_report(self.reference, outputs, self.calibration)["drop"], outputs
+
+    @property
+    def metric(self) -> str:
+        return "top1_accuracy" if self.calibration.labels is not None else "top1_agreement"
+
+    def report(self, outputs) -> dict:
+        return accuracy_report(self.reference, outputs, self.calibration)
+
+
+def prune_graph(mod, config: PruningConfig, inputs, calibration: Calibration | None = None, progress=None):
+    """Prune the optimized module. Returns (pruned module, report for the manifest)."""
+    started = time.monotonic()
+    if config.max_accuracy_drop is not None and calibration is None:
+        raise PruningError("--max-accuracy-drop needs --calibration-data FILE.npz to measure accuracy on")
+    say = progress.message if progress is not None else (lambda text: None)
+    before = model_stats(mod)
+    model = WeightEditableModel(mod, len(inputs))
+    scorer = _Scorer(model, calibration or random_calibration(inputs))
+    if isinstance(config, StructuredPruning):
+        plan = _StructuredPlan(model, config)
+    elif isinstance(config, MagnitudePruning):
+        plan = _MagnitudePlan(model, config)
+    else:  # pragma: no cover - a new scheme without a planner
+        raise PruningError(f"no pruner for {type(config).__name__}")
+
+    sensitivity = []
+    searching = config.ratio is None and getattr(config, "alpha", None) is None
+    if searching:
+        say(f"pruning: sensitivity scan of {len(plan.knobs)} layers x {len(RATIO_GRID)} ratios on {scorer.calibration.source}")
+        ratios = _search(plan, scorer, config.max_accuracy_drop, sensitivity)
+    else:
+        ratios = plan.fixed_ratios()
+    drop, outputs = scorer.drop(plan.weights(ratios))
+    accuracy = scorer.report(outputs)
+    if config.max_accuracy_drop is not None and drop > config.max_accuracy_drop + 1e-9:
+        raise PruningError(
+            f"pruning costs {drop:.2f} points of {scorer.metric} on {scorer.calibration.source}, more than "
+            f"--max-accuracy-drop {config.max_accuracy_drop:g}; use a smaller ratio, or drop the ratio to let "
+            f"the sensitivity scan pick per-layer ratios"
+        )
+    pruned = plan.apply(mod, ratios)
+    after = model_stats(pruned)
+    report = {
+        "scheme": "structured" if isinstance(config, StructuredPruning) else "magnitude",
+        "config": {**asdict(config), "type": type(config).__name__, "version": CONFIG_VERSION},
+        "layers": plan.layer_report(ratios),
+        "skipped": plan.skipped(),
+        "before": before.to_json(),
+        "after": after.to_json(),
+        "accuracy": accuracy,
+        "sensitivity": sensitivity,
+        "evaluations": scorer.evaluations,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    say(
+        f"pruning: {report['scheme']}, MACs {before.macs:,} -> {after.macs:,}, non-zero params "
+        f"{before.nonzero_params:,} -> {after.nonzero_params:,}, {scorer.metric} {accuracy['before']:.2f} -> "
+        f"{accuracy['after']:.2f} on {scorer.calibration.source}"
+    )
+    return pruned, report
+
+
+def _search(plan, scorer: _Scorer, budget: float, table: list) -> dict:
+    """Sensitivity scan, then greedy: raise the ratio of the layer that saves the most per
+    point of (individually measured) drop, keep the step if the combined plan stays
+    within the budget, else freeze that layer."""
+    zero = {k: 0.0 for k in plan.knobs}
+    single = {}
+    for knob in plan.knobs:
+        for ratio in RATIO_GRID:
+            drop, _ = scorer.drop(plan.weights({**zero, knob: ratio}))
+            single[knob, ratio] = drop
+            table.append({"layer": knob, "ratio": ratio, "drop": round(drop, 3), "saves": plan.saving(knob, ratio)})
+    current, frozen = dict(zero), set()
+    while True:
+        best, best_score = None, -1.0
+        for knob in plan.knobs:
+            if knob in frozen:
+                continue
+            steps = [r for r in RATIO_GRID if r > current[knob]]
+            if not steps:
+                continue
+            nxt = steps[0]
+            gain = plan.saving(knob, nxt) - plan.saving(knob, current[knob])
+            cost = max(single[knob, nxt] - single.get((knob, current[knob]), 0.0), 0.0) + 0.05
+            if gain / cost > best_score:
+                best, best_score = (knob, nxt), gain / cost
+        if best is None:
+            return current
+        knob, nxt = best
+        trial = {**current, knob: nxt}
+        drop, _ = scorer.drop(plan.weights(trial))
+        if drop <= budget + 1e-9:
+            current = trial
+        else:
+            frozen.add(knob)
+
+
+class _StructuredPlan:
+    def __init__(self, model: WeightEditableModel, config: StructuredPruning):
+        self.model, self.config = model, config
+        self.graph = model.graph
+        self.groups = {g.name: g for g in self.graph.prunable()}
+        self.knobs = list(self.groups)
+        self.order = {}  # group name -> channel indices, least important first
+        for name, group in self.groups.items():
+            score = np.zeros(group.channels)
+            for layer in group.producers:
+                w = np.moveaxis(model.layer_weight(layer), layer.out_axis, 0).reshape(group.channels, -1)
+                score += np.abs(w).sum(axis=1) if config.norm == "l1" else np.sqrt((w.astype(np.float64) ** 2).sum(axis=1))
+            self.order[name] = np.argsort(score, kind="stable")
+        self._macs = {}
+
+    def fixed_ratios(self) -> dict:
+        return {k: self.config.ratio for k in self.knobs}
+
+    def keep(self, ratios: dict) -> dict:
+        """group id -> kept channels, for the groups that lose any."""
+        out = {}
+        for name, ratio in ratios.items():
+            group = self.groups[name]
+            remove = min(int(np.floor(ratio * group.channels + 1e-9)), group.channels - 1)
+            if remove > 0:
+                out[group.id] = np.sort(self.order[name][remove:])
+        return out
+
+    def weights(self, ratios: dict) -> list[np.ndarray]:
+        keep = self.keep(ratios)
+        weights = list(self.model.weights)
+        done = set()
+        for group in self.groups.values():
+            for consumer in group.consumers:
+                layer = consumer.layer
+                if layer.name in done or not (consumer.state.groups & set(keep)):
+                    continue
+                done.add(layer.name)
+                index = self.model.slot_param[layer.slot]
+                total = weights[index].shape[layer.in_axis]
+                removed = np.setdiff1d(np.arange(total), kept_indices(consumer.state, keep))
+                w = weights[index].copy()
+                index_tuple = [slice(None)] * w.ndim
+                index_tuple[layer.in_axis] = removed
+                w[tuple(index_tuple)] = 0
+                weights[index] = w
+        return weights
+
+    def apply(self, mod, ratios: dict):
+        keep = self.keep(ratios)
+        names = {g.id: g.producers[0].name for g in self.groups.values()}
+        return PruneChannels({names[gid]: channels for gid, channels in keep.items()})(mod) if keep else mod
+
+    def saving(self, knob: str, ratio: float) -> int:
+        """MACs saved by pruning this group alone at `ratio`."""
+        key = (knob, ratio)
+        if key not in self._macs:
+            if ratio == 0:
+                self._macs[key] = 0
+            else:
+                group = self.groups[knob]
+                c = group.channels
+                remove = min(int(np.floor(ratio * c + 1e-9)), c - 1)
+                # Producers and consumers both shrink linearly in this group's channels.
+                per_channel = sum(_layer_macs(self.graph, p) for p in group.producers) / c
+                per_channel += sum(_consumer_share(self.graph, cons, group.id) for cons in group.consumers)
+                self._macs[key] = int(remove * per_channel)
+        return self._macs[key]
+
+    def layer_report(self, ratios: dict) -> list:
+        keep = self.keep(ratios)
+        rows = []
+        for name, group in self.groups.items():
+            kept = keep.get(group.id)
+            rows.append({
+                "layer": name, "channels_before": group.channels,
+                "channels_after": group.channels if kept is None else len(kept),
+                "ratio": ratios.get(name, 0.0),
+                "kept_channels": None if kept is None else [int(c) for c in kept],
+                "consumers": sorted({c.layer.name for c in group.consumers}),
+            })
+        return rows
+
+    def skipped(self) -> list:
+        return [{"layer": g.name, "reason": g.blocked} for g in self.graph.groups if g.blocked is not None]
+
+
+def _layer_macs(graph, layer) -> int:
+    binding = graph.bindings[layer.slot[0]]
+    out = [int(d) for d in binding.var.ty.shape.values]
+    w = layer.weight_shape
+    if layer.op == "conv2d":
+        return int(np.prod(out)) * int(np.prod(w[1:]))
+    return int(np.prod(out)) * w[0]
+
+
+def _consumer_share(graph, consumer, group_id: int) -> float:
+    """MACs of the consumer per input channel of this group (a flattened channel feeds
+    several input features)."""
+    total = sum(n * r for _, n, r in consumer.state.segments)
+    per = sum(r for g, _, r in consumer.state.segments if g == group_id)
+    return _layer_macs(graph, consumer.layer) * per / total
+
+
+class _MagnitudePlan:
+    def __init__(self, model: WeightEditableModel, config: MagnitudePruning):
+        self.model, self.config = model, config
+        self.layers = {layer.name: layer for layer in model.graph.layers}
+        self.knobs = list(self.layers)
+        self.arrays = {name: model.layer_weight(layer) for name, layer in self.layers.items()}
+
+    def fixed_ratios(self) -> None:
+        return None  # the config's own ratio/scope/alpha
+
+    def masks(self, ratios: dict | None) -> dict:
+        if ratios is None:
+            return magnitude_masks(self.arrays, self.config.ratio, self.config.scope, self.config.alpha)
+        return magnitude_masks(self.arrays, ratios)
+
+    def weights(self, ratios: dict | None) -> list[np.ndarray]:
+        weights = list(self.model.weights)
+        for name, mask in self.masks(ratios).items():
+            index = self.model.slot_param[self.layers[name].slot]
+            weights[index] = np.where(mask, weights[index], 0).astype(weights[index].dtype)
+        return weights
+
+    def apply(self, mod, ratios: dict):
+        return PruneMagnitude(self.masks(ratios))(mod)
+
+    def saving(self, knob: str, ratio: float) -> int:
+        return int(self.arrays[knob].nbytes * ratio)
+
+    def layer_report(self, ratios: dict) -> list:
+        rows = []
+        for name, mask in self.masks(ratios).items():
+            rows.append({
+                "layer": name, "weights": int(mask.size), "zeros": int(mask.size - np.count_nonzero(mask)),
+                "ratio": round(1 - np.count_nonzero(mask) / mask.size, 4),
+            })
+        return rows
+
+    def skipped(self) -> list:
+        return []

@@ -1,0 +1,73 @@
+"""Quantization schemes as frozen configs, looked up in a registry by type.
+
+    Int8WeightOnly()                              int8 weights (per output channel), float compute
+    Int8Static(observer="percentile")             int8 x int8 -> int32 conv/matmul, calibrated activations
+    Fp16()                                        float16 with float32 accumulation, CUDA presets
+
+CLI: `--quantize int8-weight`, `--quantize int8 --calibration-data FILE.npz
+[--observer minmax|percentile|entropy] [--percentile 99.99]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import TvmDeployError
+
+CONFIG_VERSION = 1
+
+
+class QuantizationError(TvmDeployError):
+    """Quantization was asked for something it cannot do, or missed its accuracy budget."""
+
+
+OBSERVERS = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class Int8WeightOnly:
+    """Symmetric int8 weights, one scale per output channel, decoded inside the kernel."""
+
+    per_channel: bool = True
+    max_accuracy_drop: float | None = None
+
+
+@dataclass(frozen=True)
+class Int8Static:
+    """int8 activations (per tensor, calibrated) and weights (per channel), int32 accumulation."""
+
+    observer: str = "minmax"  # "minmax" | "percentile" | "entropy" (KL divergence, as TensorRT)
+    percentile: float = 99.99
+    per_channel: bool = True
+    max_accuracy_drop: float | None = None
+    # Layers whose estimated int8 SQNR (input and weight rounding noise) is below this
+    # stay in float; None: every layer goes int8.
+    min_layer_sqnr_db: float | None = None
+
+    def __post_init__(self):
+        if self.observer not in OBSERVERS:
+            raise QuantizationError(f"observer must be one of {', '.join(OBSERVERS)}, not {self.observer!r}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise QuantizationError(f"percentile must be in (50, 100], got {self.percentile}")
+
+
+@dataclass(frozen=True)
+class Fp16:
+    """float16 compute with float32 accumulation (CUDA presets)."""
+
+    max_accuracy_drop: float | None = None
+
+
+QuantizationConfig = Int8WeightOnly | Int8Static | Fp16
+SCHEMES = {"int8-weight": Int8WeightOnly, "int8": Int8Static, "fp16": Fp16}
+
+
+def parse_quantize_spec(spec: str, **options) -> QuantizationConfig:
+    cls = SCHEMES.get(spec)
+    if cls is None:
+        raise QuantizationError(f"unknown quantization {spec!r}; choose one of {', '.join(SCHEMES)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = set(given) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise QuantizationError(f"--quantize {spec} takes no {', '.join('--' + u.replace('_', '-') for u in sorted(unknown))}")
+    return cls(**given)

@@ -1,0 +1,246 @@
+"""Quantization, top to bottom: (calibrate), rewrite, measure against float, gate, report.
+
+`quantize_graph` takes the optimized (and possibly pruned) Relax module and returns the
+quantized module plus the report for the manifest. Accuracy is measured by building
+both the float and the quantized model for this machine and running them on the
+calibration samples (or seeded random inputs): SQNR of every output against float, and
+top-1 (accuracy with labels, else agreement with float).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import numpy as np
+
+from .._tvm import relax, tvm
+from ..calibration import accuracy_report, random_calibration, sqnr_db
+from ..host_eval import HostModel
+from ..kernels.select import packed_int8_for
+from ..passes.quantize_int8 import (
+    PACKED_SUFFIX,
+    FoldBiasIntoInt32,
+    FuseDecodeIntoConsumer,
+    QuantizeLayersInt8,
+    QuantizeWeightsInt8,
+)
+from ..analysis.channels import analyze_channels, bindings_of
+from ..analysis.stats import model_stats
+from .config import (
+    CONFIG_VERSION,
+    Fp16,
+    Int8Static,
+    Int8WeightOnly,
+    QuantizationConfig,
+    QuantizationError,
+)
+
+
+def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, progress=None, device: str = "cpu",
+                   target=None):
+    """target: the tvm Target built for; where it has an x86 int8 dot-product instruction,
+    int8 layers use it (see int8_layout)."""
+    started = time.monotonic()
+    say = progress.message if progress is not None else (lambda text: None)
+    if isinstance(config, Fp16) and device != "cuda":
+        raise QuantizationError(
+            "fp16 is for CUDA presets (CPUs here have no fast fp16 arithmetic); use int8-weight or int8 for CPU targets"
+        )
+    if isinstance(config, Int8Static) and calibration is None:
+        raise QuantizationError("--quantize int8 calibrates activations: pass --calibration-data FILE.npz")
+    if config.max_accuracy_drop is not None and calibration is None:
+        raise QuantizationError("--max-accuracy-drop needs --calibration-data FILE.npz to measure accuracy on")
+    data = calibration or random_calibration(inputs)
+    before = model_stats(mod)
+    graph = analyze_channels(mod)
+    scales, layer_sqnr, kept_float, kernels = None, None, [], None
+    reference = mod
+    if isinstance(config, Int8WeightOnly):
+        quantized = QuantizeWeightsInt8(per_channel=config.per_channel)(mod)
+    elif isinstance(config, Fp16):
+        # float16 tensors and weights, float32 accumulation in conv/matmul (TVM's pass);
+        # measured below on this machine's CPU: the same arithmetic the GPU does.
+        quantized = relax.transform.FoldConstant()(relax.transform.ToMixedPrecision(out_dtype="float32")(mod))
+    else:
+        packed = packed_int8_for(target)
+        if packed is not None:
+            mod = to_nhwc(mod)
+            graph = analyze_channels(mod)
+        say(f"quantization: calibrating {len(graph.layers)} layers on {data.source} ({config.observer})")
+        scales, layer_sqnr = calibrate(mod, graph, data.samples, config, packed.weight_max if packed else 127)
+        kept_float = sorted(
+            name for name, db in layer_sqnr.items()
+            if config.min_layer_sqnr_db is not None and db < config.min_layer_sqnr_db
+        )
+        quantized = FoldBiasIntoInt32()(QuantizeLayersInt8(
+            {k: v for k, v in scales.items() if k not in kept_float}, per_channel=config.per_channel,
+            packed=packed,
+        )(mod)) if len(kept_float) < len(graph.layers) else reference  # all float: the graph as it came
+        kernels = kernels_report(packed, quantized)
+
+    reference = HostModel(reference, "measure quantization").run(data.samples)
+    outputs = HostModel(quantized, "measure quantization").run(data.samples)
+    accuracy = accuracy_report(reference, outputs, data)
+    if config.max_accuracy_drop is not None and accuracy["drop"] > config.max_accuracy_drop + 1e-9:
+        raise QuantizationError(
+            f"quantization costs {accuracy['drop']:.2f} points of {accuracy['metric']} on {data.source}, more than "
+            f"--max-accuracy-drop {config.max_accuracy_drop:g}"
+            + ("; try --observer percentile" if isinstance(config, Int8Static) and config.observer == "minmax" else "")
+        )
+    after = model_stats(quantized)
+    if isinstance(config, Int8WeightOnly):
+        quantized = FuseDecodeIntoConsumer()(quantized)
+    report = {
+        "scheme": {Int8WeightOnly: "int8-weight", Int8Static: "int8", Fp16: "fp16"}[type(config)],
+        "config": {**asdict(config), "type": type(config).__name__, "version": CONFIG_VERSION},
+        "layers": [layer.name for layer in graph.layers],
+        "activation_scales": None if scales is None else {k: float(v) for k, v in scales.items()},
+        "layer_sqnr_db": layer_sqnr,
+        "kept_float": kept_float,
+        "kernels": kernels,
+        "before": before.to_json(),
+        "after": after.to_json(),
+        "accuracy": accuracy,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    say(
+        f"quantization: {report['scheme']}, weight bytes {before.weight_bytes:,} -> {after.weight_bytes:,}, "
+        f"output SQNR {', '.join(f'{s:.1f}' if s is not None else 'inf' for s in accuracy['output_sqnr_db'])} dB, "
+        f"{accuracy['metric']} {accuracy['before']:.2f} -> {accuracy['after']:.2f} on {data.source}"
+    )
+    return quantized, report
+
+
+def quantize_qdq_model(mod, inputs, progress=None, target=None):
+    """A QDQ model's quantized layers onto int8 compute; (module, report) or (module, None)
+    when the model has no QDQ layers."""
+    from .qdq import qdq_input_scales
+
+    scales = qdq_input_scales(mod)
+    if not scales:
+        return mod, None
+    packed = packed_int8_for(target)
+    graph = to_nhwc(mod) if packed is not None else mod
+    quantized = FoldBiasIntoInt32()(QuantizeLayersInt8(scales, packed=packed)(graph))
+    kernels = kernels_report(packed, quantized)
+    data = random_calibration(inputs)
+    reference = HostModel(mod, "measure the QDQ model").run(data.samples)
+    accuracy = accuracy_report(reference, HostModel(quantized, "measure the QDQ model").run(data.samples), data)
+    report = {
+        "scheme": "qdq-int8",
+        "config": {"type": "QDQ", "version": CONFIG_VERSION, "source": "the model's QuantizeLinear/DequantizeLinear"},
+        "layers": sorted(scales),
+        "activation_scales": scales,
+        "kernels": kernels,
+        "before": model_stats(mod).to_json(),
+        "after": model_stats(quantized).to_json(),
+        "accuracy": {**accuracy, "reference": "the model run as float between its Q/DQ pairs"},
+    }
+    if progress is not None:
+        progress.message(f"quantization: QDQ model, {len(scales)} layers on int8 compute (scales from the model)")
+    return quantized, report
+
+
+def kernels_report(packed, quantized) -> dict:
+    """For the manifest: the instruction the packed int8 kernels use and which layers have them."""
+    suffix = "_" + PACKED_SUFFIX
+    return {
+        "intrinsic": packed.intrinsic if packed else None,
+        "packed": packed is not None,
+        "weight_max": packed.weight_max if packed else 127,
+        "packed_layers": sorted(
+            gv.name_hint[: -len(suffix)] for gv, _ in quantized.functions_items() if gv.name_hint.endswith(suffix)
+        ),
+    }
+
+
+def to_nhwc(mod):
+    """conv2d in NHWC/OHWI (the packed kernels read 4 consecutive channels as one word);
+    elementwise ops and pooling follow, transposes only where the layout has to change."""
+    return relax.transform.FoldConstant()(relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod))
+
+
+def calibrate(mod, graph, samples, config: Int8Static, weight_max: int = 127) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-tensor scale of every layer's input: max|x| (minmax) or a percentile of |x|;
+    and each layer's estimated SQNR in int8: input and weight rounding (and clipping)
+    noise, taken as independent, 1/SQNR = 1/SQNR_input + 1/SQNR_weight."""
+    from ..passes.quantize_int8 import quantize_weight
+
+    tapped = _tap_layer_inputs(mod, graph)
+    runs = HostModel(tapped, "calibrate activations").run(samples)
+    scales, layer_sqnr = {}, {}
+    num_outputs = len(runs[0]) - len(graph.layers)
+    for i, layer in enumerate(graph.layers):
+        x = np.concatenate([r[num_outputs + i].reshape(-1) for r in runs])
+        values = np.abs(x)
+        if config.observer == "minmax":
+            peak = values.max()
+        elif config.observer == "percentile":
+            peak = np.percentile(values, config.percentile)
+        else:
+            peak = entropy_threshold(values)
+        scale = float(peak / 127.0) if peak > 0 else 1.0
+        scales[layer.name] = scale
+        weight = graph.bindings[layer.slot[0]].value.args[1].value.numpy()
+        q, s_w = quantize_weight(weight, layer.out_axis, config.per_channel, weight_max)
+        x_db = sqnr_db(x, np.clip(np.round(x / scale), -128, 127) * scale)
+        w_db = sqnr_db(weight, q * s_w)
+        combined = 1.0 / (10 ** (-x_db / 10) + 10 ** (-w_db / 10)) if np.isfinite(x_db) or np.isfinite(w_db) else np.inf
+        layer_sqnr[layer.name] = round(float(10 * np.log10(combined)), 2) if np.isfinite(combined) else None
+    return scales, layer_sqnr
+
+
+def entropy_threshold(values: np.ndarray, bins: int = 2048, levels: int = 128) -> float:
+    """The clipping threshold for |x| that loses the least information in int8: TensorRT's
+    entropy calibration. For each candidate threshold (a bin edge), the
+    histogram up to it, with everything beyond added to its last bin, is compared by KL
+    divergence with the same histogram merged into `levels` int8 steps and spread back
+    over the non-empty bins."""
+    # Exact zeros (half of every post-ReLU tensor) are exact in int8 at any threshold; in
+    # the histogram their spike would dominate the divergence and pull the threshold down.
+    values = values[values > 0]
+    peak = float(values.max()) if values.size else 0.0
+    if peak <= 0:
+        return 0.0
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, peak))
+    hist = hist.astype(np.float64)
+    # KL alone can pick a threshold that clips most of a discrete distribution (8-bit
+    # pixels: a handful of spikes, each "lossless" in its own bin), so candidates start
+    # where at most 1 % of the non-zero values would be clipped.
+    first = max(levels, int(np.searchsorted(np.cumsum(hist), 0.99 * hist.sum())) + 1)
+    best, best_kl = bins, np.inf
+    for i in range(min(first, bins), bins + 1):
+        p = hist[:i].copy()
+        p[-1] += hist[i:].sum()
+        nonzero = hist[:i] != 0
+        # Merge i bins into `levels` groups; spread each group's count over its non-empty bins.
+        group = (np.arange(i) * levels) // i
+        sums = np.bincount(group, weights=hist[:i], minlength=levels)
+        counts = np.bincount(group, weights=nonzero, minlength=levels)
+        q = np.where(nonzero, sums[group] / np.maximum(counts[group], 1), 0.0)
+        p_sum, q_sum = p.sum(), q.sum()
+        if p_sum == 0 or q_sum == 0:
+            continue
+        p, q = p / p_sum, q / q_sum
+        mask = p > 0
+        kl = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
+        if kl < best_kl:
+            best, best_kl = i, kl
+    return float(edges[best])
+
+
+def _tap_layer_inputs(mod, graph) -> tvm.ir.IRModule:
+    """main returning (its outputs..., every layer's input)."""
+    flat = relax.transform.ToNonDataflow()(mod)
+    func = flat["main"]
+    bindings = bindings_of(func)
+    taps = [bindings[layer.slot[0]].value.args[0] for layer in graph.layers]
+    result = func.body.body
+    fields = list(result.fields) if isinstance(result, relax.Tuple) else [result]
+    returned = [*fields, *taps]
+    body = relax.SeqExpr(func.body.blocks, relax.Tuple(returned))
+    new = relax.Function(func.params, body, relax.TupleType([e.ty for e in returned]), func.is_pure, func.attrs)
+    out = tvm.ir.IRModule(dict(flat.functions_items()))
+    out["main"] = new
+    return out

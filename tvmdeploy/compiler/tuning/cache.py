@@ -1,0 +1,183 @@
+"""The tuning cache: one MetaSchedule database per resolved target and TVM version.
+
+MetaSchedule's JSON database ignores the target when queried, so sharing one across
+targets would hand an AVX-512 schedule to a Cortex-A72. The folder name therefore
+names everything a record depends on:
+
+    <cache root>/tuning/v1/tvm-<version>/<kind>-<cpu>-<sha256 of the target JSON>/
+        target.json                   the resolved target, for humans and `tuning export`
+        database_workload.json        \\ the shared database: only replaced whole,
+        database_tuning_record.json   / under the lock
+        ledger.json                   per kernel: tuning "started" or "done", and its budget
+        lock                          fcntl lock file
+        sessions/<pid>-<rand>/        one private database per running tuning process
+
+A tuning process tunes into its own session database (seeded with the shared
+records) and merges new records into the shared files under the lock after every
+measured batch. A killed process leaves its session behind; the next one merges it.
+
+The ledger tells a kernel whose tuning finished (skip it: zero new trials) from one
+whose run was killed (continue it). Kernels with records but no ledger entry came from
+`tuning import` and count as done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ...errors import TvmDeployError
+from ...folders import default_cache_root
+from ...fsutil import atomic_write_text, process_alive
+from .records import RecordSet, read_database, write_database
+
+CACHE_LAYOUT_VERSION = 1
+
+
+def target_key(target: dict[str, Any]) -> str:
+    canonical = json.dumps(target, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    host = target.get("host") or {}
+    cpu = target.get("mcpu") or target.get("arch") or host.get("mcpu") or "generic"
+    name = f"{target.get('kind', 'target')}-{cpu}"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) + f"-{digest}"
+
+
+@dataclass(frozen=True)
+class TargetCache:
+    """The cache folder of one target (resolved TVM target dict) and one TVM version."""
+
+    folder: Path
+    target: dict[str, Any]
+    tvm_version: str
+
+    @classmethod
+    def open(cls, target: dict[str, Any], tvm_version: str, root: str | os.PathLike | None = None) -> "TargetCache":
+        root = Path(root) if root else default_cache_root()
+        folder = root / "tuning" / f"v{CACHE_LAYOUT_VERSION}" / f"tvm-{tvm_version}" / target_key(target)
+        folder.mkdir(parents=True, exist_ok=True)
+        target_file = folder / "target.json"
+        if not target_file.exists():
+            atomic_write_text(target_file, json.dumps(target, indent=2, sort_keys=True) + "\n")
+        return cls(folder=folder, target=target, tvm_version=tvm_version)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive access to the shared database files (blocks until available)."""
+        with open(self.folder / "lock", "a+") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def read(self) -> RecordSet:
+        """The shared records, with the leftovers of killed sessions merged in."""
+        with self.locked():
+            self._recover_dead_sessions()
+            return read_database(self.folder)
+
+    def merge(self, new: RecordSet) -> int:
+        """Merge records into the shared database; returns how many were new."""
+        with self.locked():
+            shared = read_database(self.folder)
+            added = shared.merge(new)
+            if added or shared.skipped_lines:
+                write_database(self.folder, shared)
+            return added
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Path]:
+        """A private database folder for one tuning process, seeded with the shared records."""
+        sessions = self.folder / "sessions"
+        sessions.mkdir(exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=sessions))
+        write_database(folder, self.read())
+        try:
+            yield folder
+        finally:
+            # Also after an error or Ctrl-C: every finished trial is a valid record.
+            self.merge(read_database(folder))
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def read_ledger(self) -> dict[str, dict[str, Any]]:
+        path = self.folder / "ledger.json"
+        try:
+            ledger = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return ledger if isinstance(ledger, dict) else {}
+
+    def update_ledger(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Record kernels' tuning state ({workload hash: {"state", "per_task"}})."""
+        with self.locked():
+            ledger = self.read_ledger()
+            ledger.update(entries)
+            atomic_write_text(self.folder / "ledger.json", json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+
+    def _recover_dead_sessions(self) -> None:
+        sessions = self.folder / "sessions"
+        if not sessions.is_dir():
+            return
+        for folder in sessions.iterdir():
+            pid = folder.name.split("-", 1)[0]
+            if pid.isdigit() and not process_alive(int(pid)):
+                shared = read_database(self.folder)
+                if shared.merge(read_database(folder)) or shared.skipped_lines:
+                    write_database(self.folder, shared)
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def export(self, path: str | os.PathLike) -> int:
+        """Write this target's records as one file; returns the number of records."""
+        records = self.read()
+        payload = {
+            "format": "tvmdeploy-tuning-records",
+            "version": 1,
+            "tvm": self.tvm_version,
+            "target": self.target,
+            "workloads": records.workloads,
+            "records": [[w, json.loads(r)] for w, r in records.records],
+        }
+        atomic_write_text(path, json.dumps(payload) + "\n")
+        return len(records.records)
+
+
+def import_records(path: str | os.PathLike, tvm_version: str, root: str | os.PathLike | None = None) -> tuple[TargetCache, int, int]:
+    """Merge a file written by `TargetCache.export` into the cache of the target it names.
+
+    Returns (target cache, records in the file, records that were new).
+    """
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TvmDeployError(f"{path}: no such file") from None
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    if not isinstance(payload, dict) or payload.get("format") != "tvmdeploy-tuning-records":
+        raise TvmDeployError(f"{path}: not a tuning-records file (write one with `tvmdeploy tuning export`)")
+    if payload.get("version") != 1:
+        raise TvmDeployError(f"{path}: tuning-records format version {payload.get('version')} is not supported (1 is)")
+    if payload.get("tvm") != tvm_version:
+        raise TvmDeployError(
+            f"{path}: records were made with TVM {payload.get('tvm')}, this is TVM {tvm_version}; "
+            f"schedules do not carry across TVM versions, tune again"
+        )
+    incoming = RecordSet()
+    try:
+        workloads = [str(w) for w in payload["workloads"]]
+        for index, record in payload["records"]:
+            incoming.add_record(workloads[index], json.dumps(record, separators=(",", ":")))
+        target = dict(payload["target"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise TvmDeployError(f"{path}: damaged tuning-records file (bad workload/record entries)") from None
+    cache = TargetCache.open(target, tvm_version, root)
+    return cache, len(incoming.records), cache.merge(incoming)

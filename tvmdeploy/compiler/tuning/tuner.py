@@ -1,0 +1,494 @@
+"""MetaSchedule auto-scheduling of a model's kernels, into the target's tuning cache.
+
+    lower_for_tuning   Relax graph -> fused TIR kernels (the same lowering the build uses,
+                       so tuned workloads match the kernels being built)
+    tune               tune the kernels the cache does not cover yet, within a budget
+    apply_cached       give every kernel the cache has a record for its best schedule
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .. import _tvm
+from .._tvm import ms, relax, tvm
+from ...errors import BuildError, TvmDeployError, summarize_exception
+from ..kernels.select import space_for_kernel
+from .cache import TargetCache
+from .progress import Progress, ProgressState
+from .records import RECORD_FILE, WORKLOAD_FILE, read_database
+
+if TYPE_CHECKING:
+    from .remote import RemoteMeasure
+
+# The lowering shared by tuning and building: kernels must be structurally identical to
+# the tuned workloads, or the records would not apply.
+LOWERING_PASSES = ("LegalizeOps", "AnnotateTIROpPattern", "FoldConstant", "FuseOps", "FuseTIR")
+
+
+@dataclass(frozen=True)
+class TuningBudget:
+    """How much tuning to do. The task scheduler spends trials where the latency is."""
+
+    trials: int = 1000  # across all tasks
+    trials_per_task: int | None = None  # default: enough for the heaviest task, see below
+    minutes: float | None = None  # wall clock, setup included
+
+    def __post_init__(self):
+        if self.trials < 0:
+            raise TvmDeployError(f"--trials must be >= 0, got {self.trials}")
+        if self.trials_per_task is not None and self.trials_per_task < 1:
+            raise TvmDeployError(f"--trials-per-task must be >= 1, got {self.trials_per_task}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise TvmDeployError(f"--time-budget must be > 0 minutes, got {self.minutes}")
+
+    def per_task(self, num_tasks: int) -> int:
+        if self.trials_per_task is not None:
+            return self.trials_per_task
+        # Room for the gradient scheduler to give the heavy tasks several times an even share.
+        return min(self.trials, max(16, 4 * self.trials // max(1, num_tasks)))
+
+
+@dataclass
+class TaskReport:
+    name: str
+    weight: int  # how many times the model calls this kernel
+    flops: float
+    source: str  # "cache" (record found), "tuned" (this run), "untuned" (no valid record),
+    # "default" (a copy such as reshape/concatenate: not worth tuning)
+    trials: int = 0  # new trials this run
+    best_ms: float | None = None  # best measured latency of one call
+
+    @property
+    def gflops(self) -> float | None:
+        return self.flops / self.best_ms / 1e6 if self.best_ms else None
+
+
+@dataclass
+class TuningReport:
+    cache_folder: str
+    tasks: list[TaskReport]
+    trials: int  # new trials measured in this run
+    tasks_from_cache: int  # tasks whose records were reused (no trials spent on them)
+    seconds: float
+    budget: dict
+    stopped_by: str  # "nothing to tune", "trial budget", "time budget"
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (trials, est. latency ms)
+
+    @property
+    def estimated_ms(self) -> float | None:
+        """Sum over tuned kernels of calls x best time (kernels never tuned are not counted)."""
+        measured = [t for t in self.tasks if t.source != "default"]
+        if not measured or any(t.best_ms is None for t in measured):
+            return None
+        return sum(t.weight * t.best_ms for t in measured)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["estimated_ms"] = self.estimated_ms
+        return d
+
+    def table(self) -> str:
+        rows = sorted(self.tasks, key=lambda t: -(t.weight * (t.best_ms or 0)))
+        lines = [f"  {'task':<58}{'calls':>6}{'GFLOP':>9}{'best ms':>10}{'GFLOPS':>9}{'trials':>8}  source"]
+        for t in rows:
+            best = f"{t.best_ms:.4f}" if t.best_ms is not None else "-"
+            gflops = f"{t.gflops:.1f}" if t.gflops else "-"
+            lines.append(
+                f"  {t.name[:57]:<58}{t.weight:>6}{t.flops / 1e9:>9.4f}{best:>10}{gflops:>9}{t.trials:>8}  {t.source}"
+            )
+        return "\n".join(lines)
+
+
+def lower_for_tuning(mod: tvm.ir.IRModule) -> tvm.ir.IRModule:
+    t = relax.transform
+    return tvm.transform.Sequential(
+        [t.LegalizeOps(), t.AnnotateTIROpPattern(), t.FoldConstant(), t.FuseOps(), t.FuseTIR()]
+    )(mod)
+
+
+def apply_cached(fused: tvm.ir.IRModule, target: tvm.target.Target, cache: TargetCache) -> tuple[tvm.ir.IRModule, int]:
+    """Schedule every kernel the cache has a record for; returns (module, kernels scheduled)."""
+    records = cache.read()
+    if not records.records:
+        return fused, 0
+    database = _load_database(cache.folder)
+    with target, database:
+        scheduled = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fused)
+    count = sum(
+        1
+        for _, f in scheduled.functions.items()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and f.attrs.get("tirx.is_scheduled")
+    )
+    return scheduled, count
+
+
+def tune(
+    fused: tvm.ir.IRModule,
+    target: tvm.target.Target,
+    cache: TargetCache,
+    budget: TuningBudget,
+    progress: Progress | None = None,
+    measure: "RemoteMeasure | None" = None,
+) -> TuningReport:
+    """Tune the kernels of `fused` that the cache does not cover, merging records into it.
+
+    measure: time candidates on a remote device (None: on this machine).
+    """
+    if target.kind.name == "cuda":
+        _require_tuning_gpu(target)
+    started = time.monotonic()
+    deadline = _Deadline(started + 60 * budget.minutes if budget.minutes else None)
+    progress = progress or Progress()
+    extracted = ms.relax_integration.extract_tasks(fused, target)
+    reports = [
+        TaskReport(t.task_name, int(t.weight), _tvm.estimate_flops(t.dispatched[0]), "untuned") for t in extracted
+    ]
+    # Heaviest kernels first: the gradient scheduler gives every task a first batch in
+    # order, and a time budget may end before the last ones get theirs.
+    order = sorted(range(len(extracted)), key=lambda i: -reports[i].flops * reports[i].weight)
+    extracted, reports = [extracted[i] for i in order], [reports[i] for i in order]
+    with cache.session() as session:
+        database = _load_database(session)
+        per_task = budget.per_task(len(extracted))
+        ledger = cache.read_ledger()
+        seeded = read_database(session)
+        counts = Counter(json.loads(seeded.workloads[w])[0] for w, _ in seeded.records)
+        todo, remaining = [], {}
+        for task, report in zip(extracted, reports):
+            shash = database.commit_workload(task.dispatched[0]).as_json()[0]
+            record = database.query_tuning_record(task.dispatched[0], target, task.task_name)
+            if record is not None:
+                report.best_ms = _median_ms(record.run_secs)
+            entry = ledger.get(shash)
+            if report.flops == 0:  # reshape, concatenate: copies, the default schedule serves
+                report.source = "default"
+                continue
+            done = (entry is None and record is not None) or (
+                entry is not None and entry.get("state") == "done" and entry.get("per_task", 0) >= per_task
+            )
+            if done:
+                report.source = "cache"
+            else:
+                todo.append((task, report, shash))
+                remaining[shash] = max(1, per_task - counts.get(shash, 0))
+        from_cache = sum(r.source == "cache" for r in reports)
+        if not todo or budget.trials == 0:
+            return TuningReport(
+                str(cache.folder), reports, 0, from_cache, time.monotonic() - started, asdict(budget),
+                "nothing to tune" if not todo else "trial budget",
+            )
+        trials = min(budget.trials, sum(remaining.values()))
+        task_cap = max(remaining.values())
+        callback = _ProgressCallback(
+            [r for _, r, _ in todo], reports, trials, deadline, progress, started,
+            merge=lambda: cache.merge(read_database(session)),
+        )
+        progress.message(
+            f"tuning {len(todo)} of {len(extracted)} kernels ({from_cache} done before) for "
+            f"{target.kind.name} {target.attrs.get('mcpu', '')}: up to {trials} trials, "
+            f"{task_cap} per kernel" + (f", {budget.minutes:g} min" if budget.minutes else "")
+        )
+        cache.update_ledger({shash: {"state": "started", "per_task": per_task} for _, _, shash in todo})
+        log_dir = cache.folder / "logs" / time.strftime("%Y%m%d-%H%M%S")
+        try:
+            with _stop_on_signals(deadline, progress), _native_warnings_to(log_dir / "tvm-warnings.log", progress):
+                _run_metaschedule(
+                    [t for t, _, _ in todo], target, database, trials, task_cap, deadline, callback, log_dir, measure
+                )
+        except Exception as e:
+            raise BuildError(f"tuning failed: {summarize_exception(e)} (MetaSchedule logs: {log_dir})") from e
+        if deadline.interrupted:
+            # Every measured batch is already merged into the cache and the ledger still
+            # says "started", so the next run continues these kernels.
+            raise KeyboardInterrupt
+        stopped_by = "time budget" if deadline.passed() else "trial budget"
+        if stopped_by == "trial budget":  # a run cut short by time continues next time
+            cache.update_ledger({shash: {"state": "done", "per_task": per_task} for _, _, shash in todo})
+        for _, report, _ in todo:
+            if report.best_ms is not None:
+                report.source = "tuned" if report.trials else "cache"
+        progress.update(callback.state(), final=True)
+    return TuningReport(
+        str(cache.folder), reports, callback.trials, from_cache, time.monotonic() - started, asdict(budget),
+        stopped_by, callback.curve,
+    )
+
+
+def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callback, log_dir: Path, measure=None) -> None:
+    cores = int(target.attrs.get("num-cores", os.cpu_count() or 1)) if target.kind.name == "llvm" else (os.cpu_count() or 1)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    _tvm.register_tensor_intrinsics(target.kind.name)  # before TuneContext imports them all
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    # MetaSchedule re-lists the logger's existing handlers by name in its logging config;
+    # one without a name (or a previous run's file handler) breaks it: start clean.
+    for handler in list(ms_logger.handlers):
+        ms_logger.removeHandler(handler)
+        handler.close()
+    ms_logger.setLevel(logging.WARNING)  # the console handler MetaSchedule adds inherits this
+    # One context per task, each with its kernel's design space (int8 kernels tensorize).
+    contexts, weights = [], []
+    for task in tasks:
+        [context], [weight] = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            extracted_tasks=[task],
+            work_dir=str(log_dir),  # MetaSchedule writes its per-task logs under <work_dir>/logs
+            space=space_for_kernel(task.dispatched[0]["main"] if isinstance(task.dispatched[0], tvm.ir.IRModule)
+                                   else task.dispatched[0], target),
+            strategy=_DeadlineSearch(ms.search_strategy.EvolutionarySearch(), deadline, callback.submitted),
+            num_threads=cores,
+            seed=0,
+        )
+        contexts.append(context)
+        weights.append(weight)
+    _logs_to_files_only(ms_logger)
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
+    ms.tune_tasks(
+        tasks=contexts,
+        task_weights=weights,
+        work_dir=str(log_dir),
+        max_trials_global=trials,
+        max_trials_per_task=per_task,
+        # Small enough for about three rounds over all tasks within the global budget, so
+        # the gradient scheduler can move trials to where the latency is, and at least
+        # two batches per task (so a killed run has something left to continue).
+        num_trials_per_iter=_trials_per_iter(trials, per_task, len(tasks)),
+        builder=ms.builder.LocalBuilder(
+            f_build=_tvm.metaschedule_build,
+            f_export=measure.f_export() if measure else None,  # remote: link with the cross compiler
+            # Once per worker (the pool is recreated per batch), not once per candidate.
+            initializer=_builder_initializer(target),
+            max_workers=cores,
+            timeout_sec=60,
+        ),
+        runner=measure.runner(evaluator)
+        if measure
+        else ms.runner.LocalRunner(timeout_sec=30, evaluator_config=evaluator),
+        database=database,
+        cost_model=ms.cost_model.XGBModel(num_tuning_cores=cores),
+        # A list replaces MetaSchedule's defaults (add to database, remove build artifact,
+        # update cost model): keep them, ours last so it sees committed records.
+        measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
+        task_scheduler="gradient",
+    )
+
+
+@contextlib.contextmanager
+def _native_warnings_to(path: Path, progress: Progress):
+    """TVM's C++ warnings (hundreds of "Tensorize failed" for candidates an int8 rule
+    rejects) into a file; the progress line keeps the terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = progress.stream
+    if saved is sys.stderr:
+        sys.stderr.flush()
+        progress.stream = os.fdopen(os.dup(2), "w", buffering=1)
+    try:
+        with _tvm.native_stderr_to(path):
+            yield
+    finally:
+        if progress.stream is not saved:
+            progress.stream.close()
+            progress.stream = saved
+
+
+@contextlib.contextmanager
+def _stop_on_signals(deadline: _Deadline, progress: Progress):
+    """Ctrl-C / SIGTERM while MetaSchedule runs: stop handing out candidates, let the
+    batches in flight finish, then raise KeyboardInterrupt from `tune`.
+
+    An exception raised by a signal handler while C++ is calling back into Python ends
+    in std::terminate (a segfault, seen in CI), so the handler only sets a flag. A second
+    signal aborts at once; the cache recovers the dead run's session next time.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum, frame):
+        if deadline.interrupted:
+            os._exit(130)
+        deadline.interrupted = True
+        progress.message("tuning: stopping after the batches in flight (signal again to abort)")
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _trials_per_iter(trials: int, per_task: int, num_tasks: int) -> int:
+    return max(1, min(64, -(-per_task // 2), max(8, trials // (3 * num_tasks)), trials // num_tasks))
+
+
+def _builder_initializer(target):
+    import functools
+
+    if target.kind.name == "cuda":
+        from ..cuda_build import builder_worker_setup
+
+        return functools.partial(builder_worker_setup, str(target.attrs["arch"]))
+    return functools.partial(_tvm.register_tensor_intrinsics, target.kind.name)
+
+
+def _require_tuning_gpu(target) -> None:
+    """MetaSchedule measures every candidate on the GPU it tunes for: refuse early and clearly."""
+    from ...runtime.devices import compute_capability_of_arch, cuda_status
+
+    arch = str(target.attrs["arch"])
+    status = cuda_status()
+    if not status.available:
+        raise TvmDeployError(
+            f"no CUDA GPU: tuning for {arch} measures kernels on one, and {status.reason}; tune on a "
+            f"machine with an {arch} GPU (compiling works without one: kernels get default GPU schedules)"
+        )
+    wanted = compute_capability_of_arch(arch)
+    if status.compute_capability != wanted:
+        raise TvmDeployError(
+            f"tuning for {arch} needs a GPU of compute capability {wanted}, but {status.name} is "
+            f"{status.compute_capability}: its timings would tune for the wrong GPU; use the preset for this GPU"
+        )
+
+
+def _logs_to_files_only(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            logger.removeHandler(handler)
+    logger.propagate = False
+
+
+def _load_database(folder: Path):
+    # Loading replays every record's trace, and int8 records tensorize with tvmdeploy's
+    # intrinsics: a database read before they are registered fails ("TensorIntrin
+    # 'tvmdeploy_dot_16x4_vnni' is not registered") in an fp32 compile sharing the cache.
+    _tvm.register_tensor_intrinsics("llvm")
+    return ms.database.JSONDatabase(
+        path_workload=str(folder / WORKLOAD_FILE),
+        path_tuning_record=str(folder / RECORD_FILE),
+        allow_missing=True,
+    )
+
+
+def _median_ms(run_secs) -> float | None:
+    values = [float(s) for s in run_secs] if run_secs else []
+    return float(np.median(values) * 1e3) if values else None
+
+
+class _Deadline:
+    def __init__(self, at: float | None):
+        self.at = at
+        self.interrupted = False
+
+    def passed(self) -> bool:
+        return self.interrupted or (self.at is not None and time.monotonic() > self.at)
+
+    def remaining(self) -> float | None:
+        return None if self.at is None else max(0.0, self.at - time.monotonic())
+
+
+@tvm.ir.utils.derived_object
+class _DeadlineSearch(ms.search_strategy.PySearchStrategy):
+    """EvolutionarySearch that reports "no more candidates" once the deadline passes.
+
+    The task scheduler then terminates the task through its normal path and still joins
+    the batches in flight, so their records are kept and tune_tasks returns normally.
+    (Raising from a callback, or terminate_task from one, trips the scheduler's checks.)
+    """
+
+    def __init__(self, inner, deadline: _Deadline, on_submit=None):
+        self.inner = inner
+        self.deadline = deadline
+        self.on_submit = on_submit
+
+    def _initialize_with_tune_context(self, context) -> None:
+        self.inner._initialize_with_tune_context(context)
+
+    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None):
+        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+
+    def post_tuning(self) -> None:
+        self.inner.post_tuning()
+
+    def generate_measure_candidates(self):
+        if self.deadline.passed():
+            return None
+        candidates = self.inner.generate_measure_candidates()
+        if candidates and self.on_submit is not None:
+            self.on_submit(len(candidates))
+        return candidates
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        self.inner.notify_runner_results(measure_candidates, results)
+
+    def clone(self):
+        return _DeadlineSearch(self.inner.clone(), self.deadline, self.on_submit)
+
+
+@tvm.ir.utils.derived_object
+class _ProgressCallback(ms.measure_callback.PyMeasureCallback):
+    """After every measured batch: count trials, keep the best per kernel, report
+    progress, and merge the new records into the shared cache."""
+
+    def __init__(self, tuned, all_tasks, budget, deadline, progress, started, merge):
+        super().__init__()
+        self.tuned, self.all_tasks = tuned, all_tasks
+        self.budget, self.deadline, self.progress, self.started = budget, deadline, progress, started
+        self.merge = merge
+        self.trials = 0
+        self.submitted_trials = 0
+        self.curve: list[tuple[int, float]] = []
+
+    def submitted(self, count: int) -> None:
+        """Candidates sent to the builder (measurements are joined later, in batches)."""
+        self.submitted_trials += count
+        self.progress.update(self.state())
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        report = self.tuned[task_id]
+        for built, ran in zip(builder_results, runner_results):
+            self.trials += 1
+            report.trials += 1
+            if built.error_msg is None and ran.error_msg is None:
+                best = _median_ms(ran.run_secs)
+                if best is not None and (report.best_ms is None or best < report.best_ms):
+                    report.best_ms = best
+        self.merge()
+        state = self.state()
+        if state.estimated_ms is not None:
+            self.curve.append((self.trials, round(state.estimated_ms, 6)))
+        self.progress.update(state)
+
+    def state(self) -> ProgressState:
+        elapsed = time.monotonic() - self.started
+        estimated = None
+        measured = [t for t in self.all_tasks if t.source != "default"]
+        if all(t.best_ms is not None for t in measured):
+            estimated = sum(t.weight * t.best_ms for t in measured)
+        remaining = self.deadline.remaining()
+        progressed = max(self.trials, self.submitted_trials)
+        if progressed:
+            by_rate = elapsed / progressed * max(0, self.budget - progressed)
+            remaining = by_rate if remaining is None else min(remaining, by_rate)
+        return ProgressState(
+            trials=self.trials,
+            submitted=self.submitted_trials,
+            trial_budget=self.budget,
+            tasks_done=sum(t.best_ms is not None for t in self.tuned),
+            tasks_total=len(self.tuned),
+            estimated_ms=estimated,
+            elapsed_s=elapsed,
+            remaining_s=remaining,
+        )
