@@ -180,7 +180,7 @@ def test_cache_is_per_target_and_tvm_version(tmp_path):
 
 
 def test_default_cache_location_honours_the_environment(tmp_path, monkeypatch):
-    from tvmdeploy.compiler.tuning.cache import default_cache_root
+    from tvmdeploy.folders import default_cache_root
 
     monkeypatch.setenv("TVMDEPLOY_CACHE_DIR", str(tmp_path / "x"))
     assert default_cache_root() == tmp_path / "x"

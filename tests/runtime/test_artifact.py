@@ -18,7 +18,8 @@ from conftest import LIGHT
 from tvmdeploy import compile_model
 from tvmdeploy.errors import ArtifactError, BuildError, InputMismatchError
 from tvmdeploy.runtime.manifest import MANIFEST_NAME, sha256_file
-from tvmdeploy.runtime import cpu_flags, load, read_manifest
+from tvmdeploy.runtime import load, read_manifest
+from tvmdeploy.runtime.loader import cpu_flags
 
 
 def test_manifest_describes_the_build(digits_artifact, digits_model):

@@ -22,7 +22,7 @@ import_tvm()
 maps = open("/proc/self/maps").read()
 print(json.dumps({
     "compile_side": sorted(m for m in sys.modules if m.startswith(("tvmdeploy.compiler", "tvmdeploy.board"))),
-    "tvm_compiler_python": sorted(m for m in sys.modules if m.startswith(("tvm.relax", "tvm.s_tir", "tvm.tirx"))),
+    "tvm_compiler_python": sorted(m for m in sys.modules if m.startswith(("tvm.relax", "tvm.s_tir.meta_schedule"))),
     "compiler_mapped": "libtvm_compiler" in maps,
     "runtime_mapped": "libtvm_runtime" in maps,
     "env_left": "TVM_USE_RUNTIME_LIB" in __import__("os").environ,

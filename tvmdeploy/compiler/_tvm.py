@@ -44,6 +44,15 @@ _LLVM_FEATURE_TO_CPUINFO = {
     "avxvnni": "avx_vnni",
     "avx512bf16": "avx512_bf16",
     "amx-int8": "amx_int8",
+    "amx-tile": "amx_tile",
+    "amx-bf16": "amx_bf16",
+    "avx512fp16": "avx512_fp16",
+    "avx512vbmi": "avx512vbmi",
+    "avx512vbmi2": "avx512_vbmi2",
+    "avx512ifma": "avx512ifma",
+    "avx512bitalg": "avx512_bitalg",
+    "avx512vpopcntdq": "avx512_vpopcntdq",
+    "bmi2": "bmi2",
     # aarch64 (kernel names from arch/arm64/kernel/cpuinfo.c)
     "neon": "asimd",
     "dotprod": "asimddp",
@@ -84,11 +93,18 @@ def is_valid_llvm_cpu(mtriple: str, mcpu: str) -> bool:
 
 
 def detect_host() -> dict[str, Any]:
-    """Triple, CPU name (as LLVM detects it) and core count of this machine."""
+    """Triple, CPU name (as LLVM detects it), core count, and the features to turn off.
+
+    A virtual machine may hide features its CPU model implies (seen: an Emerald Rapids
+    guest without AMX, AVX-VNNI or AVX512-BF16 in /proc/cpuinfo). LLVM's CPU name alone
+    would then emit instructions this machine cannot run, so each implied feature that
+    /proc/cpuinfo lacks is switched off in `mattr` ("-amx-int8", ...).
+    """
+    from ..runtime.loader import cpu_flags, machine_arch
+
+    machine = machine_arch()
     # The bundled LLVM reports the triple it was built with (x86_64-conda-linux-gnu),
     # with which `mcpu` is ignored; the plain GNU triple is what the system toolchain uses.
-    machine = platform.machine().lower()
-    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
     triple = f"{machine}-linux-gnu" if platform.system() == "Linux" else str(
         _llvm_codegen.llvm_get_system_triple()
     )
@@ -96,7 +112,14 @@ def detect_host() -> dict[str, Any]:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return {"mtriple": triple, "mcpu": str(_llvm_codegen.llvm_get_system_cpu()), "num-cores": cores}
+    detected: dict[str, Any] = {"mtriple": triple, "mcpu": str(_llvm_codegen.llvm_get_system_cpu()), "num-cores": cores}
+    present = cpu_flags()
+    if present is not None:
+        implied = _llvm_codegen.llvm_get_cpu_features(make_target({"kind": "llvm", **detected}))
+        detected["mattr"] = sorted(
+            f"-{feature}" for feature, flag in _LLVM_FEATURE_TO_CPUINFO.items() if feature in implied and flag not in present
+        )
+    return detected
 
 
 def required_cpu_flags(target: tvm.target.Target) -> list[str]:

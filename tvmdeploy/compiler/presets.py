@@ -179,6 +179,8 @@ def resolve_preset(preset: Preset):
     if preset.detect:
         detected = _tvm.detect_host()
         target.update({k: detected[k] for k in preset.detect})
+        if "mcpu" in preset.detect and detected.get("mattr"):  # features the detected CPU lacks here
+            target["mattr"] = [*target.get("mattr", []), *detected["mattr"]]
     resolved = dataclasses.replace(preset, target=target, detect=())
     cpu = resolved.cpu_target
     if "mcpu" in cpu and "mtriple" not in cpu:
