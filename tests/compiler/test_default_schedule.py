@@ -13,7 +13,7 @@ def _kernels(model):
     from tvmdeploy.compiler.frontend import import_model
     from tvmdeploy.compiler.optimize import optimize_graph
     from tvmdeploy.compiler.presets import load_preset, resolve_preset
-    from tvmdeploy.compiler.tuning.tuner import lower_for_tuning
+    from tvmdeploy.compiler.lowering import lower_for_tuning
 
     _, target = resolve_preset(load_preset("host"))
     mod, _ = optimize_graph(import_model(model).mod)

@@ -107,11 +107,11 @@ def test_torch_conv_bn_relu_has_no_batchnorm_arithmetic_left():
     from tvmdeploy.compiler.frontend import import_model
     from tvmdeploy.compiler.optimize import optimize_graph
 
-    mod, passes = optimize_graph(import_model(MODELS / "conv_bn_relu.onnx").mod)
+    mod, report = optimize_graph(import_model(MODELS / "conv_bn_relu.onnx").mod)
     ops = {call.op.name for call in _calls(mod["main"])}
     assert "relax.nn.conv2d" in ops
     assert not ops & {"relax.nn.batch_norm", "relax.subtract", "relax.divide", "relax.multiply"}, ops
-    assert "FoldConvChannelAffine" in passes
+    assert "FoldConvChannelAffine" in report.passes
 
 
 def _calls(func):

@@ -15,7 +15,8 @@ import pytest
 import tvm
 from tvm import te
 
-from tvmdeploy import _tvm
+from tvmdeploy.compiler import _tvm
+from tvmdeploy.compiler.kernels import register_intrinsics
 from tvmdeploy.compiler.kernels.x86_intrin import (
     AVX2_DOT_16x4_INTRIN,
     int8_space_generator,
@@ -148,7 +149,7 @@ def _ms_target():
 def test_space_generator_tensorizes_with_the_intrinsic():
     from tvm.s_tir import meta_schedule as ms
 
-    _tvm.register_tensor_intrinsics()  # before TuneContext imports all of TVM's (CUDA's ~30 s)
+    register_intrinsics()  # before TuneContext imports all of TVM's (CUDA's ~30 s)
     context = ms.TuneContext(
         mod=tvm.IRModule({"main": packed_dense()}),
         target=_ms_target(),
@@ -171,7 +172,7 @@ def test_space_generator_tensorizes_with_the_intrinsic():
 def test_short_tune_is_tensorized_and_exact(tmp_path):
     from tvm.s_tir import meta_schedule as ms
 
-    _tvm.register_tensor_intrinsics()
+    register_intrinsics()
     # MetaSchedule re-lists the logger's existing handlers in its logging config; ones an
     # earlier tuning in this process left behind break it (as tvmdeploy's tuner does: start clean).
     import logging

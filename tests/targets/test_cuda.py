@@ -294,21 +294,19 @@ def test_tuning_records_apply_to_cuda_builds(tmp_path):
     (a CUDA target without max_threads_per_block fails here); then records as a GPU
     tuning run writes them (these schedules, made-up times) scheduling the build. The
     tuner's builder compiles the candidates too; only the runner needs the GPU."""
-    from tvmdeploy import _tvm
+    from tvmdeploy.compiler import _tvm
+    from tvmdeploy.compiler.kernels import register_intrinsics
     from tvmdeploy.compiler.frontend import import_model
     from tvmdeploy.compiler.optimize import optimize_graph
     from tvmdeploy.compiler.presets import load_preset, resolve_preset
     from tvmdeploy.compiler.tuning.cache import TargetCache
-    from tvmdeploy.compiler.tuning.tuner import (
-        _builder_initializer,
-        _load_database,
-        lower_for_tuning,
-    )
+    from tvmdeploy.compiler.lowering import lower_for_tuning
+    from tvmdeploy.compiler.tuning.tuner import _builder_initializer, _load_database
 
     ms = _tvm.ms
     _, target = resolve_preset(load_preset("cuda-sm80"))
     fused = lower_for_tuning(optimize_graph(import_model(MODELS / "mlp.onnx").mod)[0])
-    _tvm.register_tensor_intrinsics("cuda")  # as the tuner does (~25 s, once per process)
+    register_intrinsics("cuda")  # as the tuner does (~25 s, once per process)
     tasks = ms.relax_integration.extract_tasks(fused, target)
     assert len(tasks) == 3
     database = _load_database(TargetCache.open(_tvm.target_to_dict(target), _tvm.TVM_VERSION, tmp_path).folder)

@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 
 from ..errors import BoardError
 from ..folders import default_board_dir
+from ..runtime.loader import machine_arch
 from ..fsutil import atomic_write_text
 
 DEBIAN_SUITE = "bookworm"  # its python3.11 matches the cp311 wheels installed for it
@@ -172,7 +173,7 @@ def setup(board_dir: str | os.PathLike | None = None, log: Log = quiet, install_
 
 
 def _require_supported_host() -> None:
-    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+    if platform.system() != "Linux" or machine_arch() != "x86_64":
         raise BoardError(
             f"the emulated board needs an x86_64 Linux host with qemu-user (this is "
             f"{platform.system()} {platform.machine()}); on an aarch64 machine run artifacts directly"

@@ -12,6 +12,9 @@ import signal
 import sys
 from pathlib import Path
 
+from ..compiler.quantization.config import OBSERVERS
+from ..compiler.quantization.config import SCHEMES as QUANTIZE_SCHEMES
+from ..compiler.tuning.budget import DEFAULT_TRIALS
 from ..errors import TvmDeployError, summarize_exception
 
 
@@ -72,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="artifact folder (default: artifacts/<model>-<target>)")
     _add_input_shape(p)
     p.add_argument("--tune", action="store_true", help="tune the kernels the tuning cache does not cover yet")
-    p.add_argument("--tune-trials", type=int, default=None, metavar="N", help="tuning trials (implies --tune; default 1000)")
+    p.add_argument("--tune-trials", type=int, default=None, metavar="N", help=f"tuning trials (implies --tune; default {DEFAULT_TRIALS})")
     _add_tuning_options(p)
     _add_shrink_options(p)
     p.set_defaults(handler=_cmd_compile)
@@ -80,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="tune a model's kernels for a target into the tuning cache")
     p.add_argument("model", help="path to an .onnx model")
     p.add_argument("--target", "-t", default="host", help="target preset name or .toml file (default: host)")
-    p.add_argument("--trials", type=int, default=1000, help="trials across all kernels (default 1000)")
+    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help=f"trials across all kernels (default {DEFAULT_TRIALS})")
     _add_input_shape(p)
     _add_tuning_options(p)
     _add_shrink_options(p)
@@ -188,7 +191,7 @@ def _add_tuning_options(p) -> None:
 
 
 def _budget(trials: int, args):
-    from ..compiler.tuning.tuner import TuningBudget
+    from ..compiler.tuning.budget import TuningBudget
 
     return TuningBudget(trials=trials, trials_per_task=args.trials_per_task, minutes=args.time_budget)
 
@@ -219,10 +222,10 @@ def _add_shrink_options(p) -> None:
         help="top-1 points pruning may cost (accuracy with labels, else agreement); needs --calibration-data",
     )
     p.add_argument(
-        "--quantize", choices=["int8-weight", "int8", "fp16"],
+        "--quantize", choices=list(QUANTIZE_SCHEMES),
         help="int8-weight: int8 weights, float compute; int8: calibrated int8 compute (needs --calibration-data)",
     )
-    p.add_argument("--observer", choices=["minmax", "percentile", "entropy"], default=None, help="int8 activation ranges: max |x|, a percentile of |x|, or the threshold that minimizes the KL divergence between float and int8 histograms (default minmax)")
+    p.add_argument("--observer", choices=list(OBSERVERS), default=None, help="int8 activation ranges: max |x|, a percentile of |x|, or the threshold that minimizes the KL divergence between float and int8 histograms (default minmax)")
     p.add_argument("--percentile", type=float, default=None, help="for --observer percentile (default 99.99)")
     p.add_argument(
         "--min-layer-sqnr", type=float, default=None, metavar="DB",
@@ -266,7 +269,7 @@ def _cmd_compile(args) -> int:
         target=args.target,
         output_dir=args.output,
         input_shapes=parse_input_shapes(args.input_shape),
-        tune=_budget(args.tune_trials if args.tune_trials is not None else 1000, args) if tune else None,
+        tune=_budget(args.tune_trials if args.tune_trials is not None else DEFAULT_TRIALS, args) if tune else None,
         cache_dir=args.cache_dir,
         prune=prune,
         quantize=quantize,
@@ -274,33 +277,33 @@ def _cmd_compile(args) -> int:
     )
     m = result.manifest
     print(f"compiled {m.model_name} for {m.preset} ({m.arch}, {m.device}) in {m.build_seconds:.1f} s")
-    tuning = m.extra.get("tuning", {})
-    if "trials" in tuning:
+    schedule, tuning = result.reports.schedule, result.reports.schedule.tuning
+    if tuning is not None:
         print(
-            f"  tuning: {tuning['trials']} new trials, {tuning['tasks_from_cache']} of {len(tuning['tasks'])} "
-            f"kernels from the cache; estimated {_ms(tuning.get('estimated_ms'))}, measured {_ms(tuning.get('measured_ms'))}"
+            f"  tuning: {tuning.trials} new trials, {tuning.tasks_from_cache} of {len(tuning.tasks)} "
+            f"kernels from the cache; estimated {_ms(tuning.estimated_ms)}, measured {_ms(result.reports.build.measured_ms)}"
         )
     print(
-        f"  kernels: {tuning.get('kernels_scheduled_from_cache', 0)} with tuned schedules from the cache, "
-        f"{tuning.get('kernels_default_schedule', 0)} with default schedules (tune for more speed)"
+        f"  kernels: {schedule.kernels_from_cache} with tuned schedules from the cache, "
+        f"{schedule.kernels_default} with default schedules (tune for more speed)"
     )
-    pruning = m.extra.get("pruning")
-    if pruning:
-        b, a, acc = pruning["before"], pruning["after"], pruning["accuracy"]
+    pruning = result.reports.pruning
+    if pruning is not None:
+        b, a, acc = pruning.before, pruning.after, pruning.accuracy
         print(
-            f"  pruning: {pruning['scheme']}: MACs {b['macs']:,} -> {a['macs']:,}, non-zero params "
+            f"  pruning: {pruning.scheme}: MACs {b['macs']:,} -> {a['macs']:,}, non-zero params "
             f"{b['nonzero_params']:,} -> {a['nonzero_params']:,}, weight bytes {b['weight_bytes']:,} -> "
             f"{a['compact_weight_bytes'] if m.weights != 'embedded' else a['weight_bytes']:,}; "
             f"{acc['metric']} {acc['before']:.2f} -> {acc['after']:.2f} on {acc['data']}"
         )
-        for skipped in pruning["skipped"]:
+        for skipped in pruning.skipped:
             print(f"    not pruned: {skipped['layer']} ({skipped['reason']})")
-    quantization = m.extra.get("quantization")
-    if quantization:
-        b, a, acc = quantization["before"], quantization["after"], quantization["accuracy"]
+    quantization = result.reports.quantization
+    if quantization is not None:
+        b, a, acc = quantization.before, quantization.after, quantization.accuracy
         sqnr = ", ".join("inf" if s is None else f"{s:.1f}" for s in acc["output_sqnr_db"])
         print(
-            f"  quantization: {quantization['scheme']}: weight bytes {b['weight_bytes']:,} -> {a['weight_bytes']:,}; "
+            f"  quantization: {quantization.scheme}: weight bytes {b['weight_bytes']:,} -> {a['weight_bytes']:,}; "
             f"output SQNR {sqnr} dB; {acc['metric']} {acc['before']:.2f} -> {acc['after']:.2f} on {acc['data']}"
         )
     print(f"  inputs:  {', '.join(s.describe() for s in m.inputs)}")

@@ -19,12 +19,36 @@ from typing import Any, Callable
 
 import tvm
 import tvm_ffi
-from tvm import relax
+from tvm import relax, te, tirx, topi
+from tvm.s_tir import TensorIntrin
 from tvm.s_tir import meta_schedule as ms
+from tvm.script import tirx as T  # TVMScript for kernels (kernels/*.py)
 from tvm.target import codegen as _llvm_codegen
 
 # Pinned in pyproject.toml; the manifest records the versions actually used.
 TVM_VERSION: str = tvm.__version__
+
+PrimFunc = tirx.PrimFunc
+METASCHEDULE_LOGGER = "tvm.s_tir.meta_schedule"
+# Set on a PrimFunc once a schedule (tuned or default) has been applied to it.
+_SCHEDULED_ATTR = "tirx.is_scheduled"
+
+
+def is_scheduled(func) -> bool:
+    return func.attrs is not None and bool(func.attrs.get(_SCHEDULED_ATTR, False))
+
+
+def mark_scheduled(func, symbol: str):
+    """A scheduled kernel under its own global symbol (two kernels both named `main` clash)."""
+    return func.with_attr("global_symbol", symbol).with_attr(_SCHEDULED_ATTR, True)
+
+
+def onnx_supported_ops() -> set[str]:
+    """ONNX op types TVM's Relax importer converts (from its private converter table)."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    return set(_get_convert_map())
+
 
 # LLVM feature name -> the flag the Linux kernel reports in /proc/cpuinfo for it.
 # The loader refuses an artifact whose required flags the CPU lacks, instead of
@@ -153,8 +177,8 @@ def estimate_flops(prim_func) -> float:
     return float(estimate_tir_flops(prim_func))
 
 
-def register_tensor_intrinsics(target_kind: str = "llvm") -> None:
-    """Register the tensor intrinsics (x86 VNNI/AVX-512, ARM NEON/sdot) schedules may use.
+def register_tvm_tensor_intrinsics(target_kind: str = "llvm") -> None:
+    """Register TVM's own tensor intrinsics (x86 VNNI/AVX-512, ARM NEON/sdot) schedules may use.
 
     `import tvm.s_tir.tensor_intrin` registers every platform's, and the CUDA ones take
     ~22 s on this machine; the CPU ones ~1 s. MetaSchedule imports the package (in
@@ -173,13 +197,48 @@ def register_tensor_intrinsics(target_kind: str = "llvm") -> None:
         sys.modules[name] = package
     importlib.import_module(f"{name}.x86")
     importlib.import_module(f"{name}.arm_cpu")
-    from .kernels.x86_intrin import register_x86_intrinsics
-
-    register_x86_intrinsics()
     if target_kind == "cuda":
         # Explicitly: once a CPU registration put the package in sys.modules without its
         # __init__, importing the package no longer brings the CUDA ones in.
         importlib.import_module(f"{name}.cuda")
+
+
+@tvm.ir.utils.derived_object
+class DeadlineSearch(ms.search_strategy.PySearchStrategy):
+    """EvolutionarySearch that reports "no more candidates" once the deadline passes.
+
+    The task scheduler then terminates the task through its normal path and still joins
+    the batches in flight, so their records are kept and tune_tasks returns normally.
+    (Raising from a callback, or terminate_task from one, trips the scheduler's checks.)
+    """
+
+    def __init__(self, inner, deadline, on_submit=None):
+        self.inner = inner
+        self.deadline = deadline
+        self.on_submit = on_submit
+
+    def _initialize_with_tune_context(self, context) -> None:
+        self.inner._initialize_with_tune_context(context)
+
+    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None):
+        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+
+    def post_tuning(self) -> None:
+        self.inner.post_tuning()
+
+    def generate_measure_candidates(self):
+        if self.deadline.passed():
+            return None
+        candidates = self.inner.generate_measure_candidates()
+        if candidates and self.on_submit is not None:
+            self.on_submit(len(candidates))
+        return candidates
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        self.inner.notify_runner_results(measure_candidates, results)
+
+    def clone(self):
+        return DeadlineSearch(self.inner.clone(), self.deadline, self.on_submit)
 
 
 @contextlib.contextmanager
@@ -320,7 +379,18 @@ __all__ = [
     "nvcc_fatbin",
     "nvcc_for_cuda",
     "ms",
-    "register_tensor_intrinsics",
+    "register_tvm_tensor_intrinsics",
+    "DeadlineSearch",
+    "METASCHEDULE_LOGGER",
+    "PrimFunc",
+    "T",
+    "TensorIntrin",
+    "is_scheduled",
+    "mark_scheduled",
+    "onnx_supported_ops",
+    "te",
+    "tirx",
+    "topi",
     "relax",
     "required_cpu_flags",
     "target_to_dict",

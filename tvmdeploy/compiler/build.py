@@ -19,7 +19,7 @@ def library_file_name(preset: Preset) -> str:
 
 def build_library(mod: tvm.ir.IRModule, target: tvm.target.Target, preset: Preset, path: Path) -> None:
     """Compile `mod` for `target` and write the library for `preset` to `path`."""
-    fcompile = _export_compiler(preset)  # checked before the (slow) compile
+    fcompile = export_compiler(preset)  # checked before the (slow) compile
     try:
         with _device_codegen(target, preset):
             executable = tvm.compile(mod, target=target)
@@ -45,20 +45,29 @@ def _device_codegen(target: tvm.target.Target, preset: Preset):
     return cuda_codegen(str(target.attrs["arch"]), preset.name)
 
 
-def _export_compiler(preset: Preset):
+def cross_linker_options(preset: Preset) -> list[str]:
+    """The preset's options for its cross linker: its own, then its sysroot."""
+    facts = preset.build
+    return [*facts.linker_options, *([f"--sysroot={facts.sysroot}"] if facts.sysroot else [])]
+
+
+def require_cross_compiler(preset: Preset) -> None:
+    """A missing cross compiler: one line naming the packages that provide it."""
+    facts = preset.build
+    if facts.cross_compiler and shutil.which(facts.cross_compiler) is None:
+        packages = " ".join(facts.cross_compiler_packages) or "the toolchain that provides it"
+        raise BuildError(
+            f"preset {preset.name} cross-compiles with '{facts.cross_compiler}', which is not "
+            f"installed; on Debian/Ubuntu: sudo apt-get install {packages}"
+        )
+
+
+def export_compiler(preset: Preset):
     """The linker for the library: None for the host's own, or the preset's cross compiler."""
     facts = preset.build
     if facts.export_format == "tar":
         return None  # object files in a tar: linked on the device, no compiler needed here
     if not facts.cross_compiler:
         return None
-    if shutil.which(facts.cross_compiler) is None:
-        packages = " ".join(facts.cross_compiler_packages) or "the toolchain that provides it"
-        raise BuildError(
-            f"preset {preset.name} cross-compiles with '{facts.cross_compiler}', which is not "
-            f"installed; on Debian/Ubuntu: sudo apt-get install {packages}"
-        )
-    options = list(facts.linker_options)
-    if facts.sysroot:
-        options.append(f"--sysroot={facts.sysroot}")
-    return _tvm.cross_compiler(facts.cross_compiler, options)
+    require_cross_compiler(preset)
+    return _tvm.cross_compiler(facts.cross_compiler, cross_linker_options(preset))

@@ -23,6 +23,7 @@ import subprocess
 from typing import Iterator
 
 from . import _tvm
+from .kernels import register_intrinsics
 from .cuda_stub import driver_present, load_stub_driver
 from ..runtime.devices import cuda_runtime_problem
 from ..errors import BuildError
@@ -70,6 +71,6 @@ def builder_worker_setup(arch: str) -> None:
     and nvcc for `arch`. Of the tensor intrinsics only the cheap CPU ones: a candidate
     arrives already tensorized (postprocessors run in the tuning process), and registering
     the CUDA ones costs ~22 s per worker, which times the builds out."""
-    _tvm.register_tensor_intrinsics("llvm")
+    register_intrinsics("llvm")
     ensure_cuda_factory()
     _tvm.use_nvcc_for_cuda(arch)

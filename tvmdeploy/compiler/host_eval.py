@@ -18,7 +18,7 @@ class HostModel:
     def __init__(self, mod: tvm.ir.IRModule, purpose: str):
         from .presets import load_preset, resolve_preset
         from .tuning.default_schedule import apply_default_schedules
-        from .tuning.tuner import lower_for_tuning
+        from .lowering import lower_for_tuning
 
         _, target = resolve_preset(load_preset("host"))
         try:

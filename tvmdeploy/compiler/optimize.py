@@ -3,25 +3,18 @@
 Weights are constants here (the importer binds them), so BatchNorm folds into the
 preceding convolution's weights at compile time and costs nothing at run time.
 Operator fusion (conv/matmul + bias + activation) happens next, when the graph is
-lowered to kernels (`tuning.tuner.lower_for_tuning`: LegalizeOps -> FuseOps -> FuseTIR),
+lowered to kernels (`lowering.lower_for_tuning`: LegalizeOps -> FuseOps -> FuseTIR),
 because tuning and building must see the same kernels.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import tvm
 from tvm import relax
 
 from ..errors import BuildError, summarize_exception
 from .passes import FoldConvChannelAffine, IdentifierParamNames
-
-
-@dataclass(frozen=True)
-class GraphPass:
-    name: str
-    make: callable  # () -> tvm.transform.Pass
+from .reports import GraphReport, PassLog
 
 
 # Order matters: BatchNorm can only fold into a conv whose weight and BN statistics are
@@ -29,28 +22,27 @@ class GraphPass:
 # remaining BatchNorms (after a biased conv, or after no conv) are decomposed into
 # per-channel arithmetic, which FoldConvChannelAffine folds into the conv weights and one
 # bias (CanonicalizeBindings first drops the BN's leftover tuple, which blocks fusion).
-GRAPH_PASSES: tuple[GraphPass, ...] = (
-    GraphPass("IdentifierParamNames", IdentifierParamNames),  # "gpu_0/data_0" breaks CUDA codegen
-    GraphPass("FoldConstant", relax.transform.FoldConstant),
-    GraphPass("FoldBatchnormToConv2D", relax.transform.FoldBatchnormToConv2D),
-    GraphPass("DecomposeOpsForInference", relax.transform.DecomposeOpsForInference),
-    GraphPass("CanonicalizeBindings", relax.transform.CanonicalizeBindings),
-    GraphPass("FoldConstant", relax.transform.FoldConstant),
-    GraphPass("FoldConvChannelAffine", FoldConvChannelAffine),
-    GraphPass("FoldConstant", relax.transform.FoldConstant),
-    GraphPass("EliminateCommonSubexpr", relax.transform.EliminateCommonSubexpr),
-    GraphPass("DeadCodeElimination", relax.transform.DeadCodeElimination),
+GRAPH_PASSES = (
+    IdentifierParamNames,  # "gpu_0/data_0" breaks CUDA codegen
+    relax.transform.FoldConstant,
+    relax.transform.FoldBatchnormToConv2D,
+    relax.transform.DecomposeOpsForInference,
+    relax.transform.CanonicalizeBindings,
+    relax.transform.FoldConstant,
+    FoldConvChannelAffine,
+    relax.transform.FoldConstant,
+    relax.transform.EliminateCommonSubexpr,
+    relax.transform.DeadCodeElimination,
 )
 
 
-def optimize_graph(mod: tvm.ir.IRModule) -> tuple[tvm.ir.IRModule, list[str]]:
-    """Run the graph passes; return the module and the names of the passes applied."""
-    applied = []
-    for graph_pass in GRAPH_PASSES:
+def optimize_graph(mod: tvm.ir.IRModule) -> tuple[tvm.ir.IRModule, GraphReport]:
+    """Run the graph passes; return the module and the report naming the passes run."""
+    ran = PassLog()
+    for make_pass in GRAPH_PASSES:
+        graph_pass = make_pass()
         try:
-            mod = graph_pass.make()(mod)
+            mod = ran.run(graph_pass, mod)
         except Exception as e:
-            raise BuildError(f"graph pass {graph_pass.name} failed: {summarize_exception(e)}") from e
-        applied.append(graph_pass.name)
-    return mod, applied
-
+            raise BuildError(f"graph pass {graph_pass.info.name} failed: {summarize_exception(e)}") from e
+    return mod, GraphReport(passes=list(ran))

@@ -18,8 +18,20 @@ from .build import build_library, library_file_name
 from ..errors import RemoteError, TvmDeployError
 from .frontend import import_model
 from ..runtime.manifest import Manifest
+from .lowering import lower
 from .optimize import optimize_graph
 from .presets import load_preset, resolve_preset
+from .reports import (
+    BuildReport,
+    GraphReport,
+    ImportReport,
+    LoweringReport,
+    PassLog,
+    PruningReport,
+    QuantizationReport,
+    ScheduleReport,
+    passes_run,
+)
 from .tuning.progress import Progress
 from ..runtime.weights_file import WEIGHTS_FILE, write_weights
 
@@ -37,6 +49,7 @@ DEFAULT_ARTIFACTS_DIR = Path("artifacts")
 class CompileResult:
     artifact_dir: Path
     manifest: Manifest
+    reports: "CompileReports"  # what each stage did (the manifest's provenance, typed)
 
 
 def compile_model(
@@ -68,109 +81,140 @@ def compile_model(
     started = time.perf_counter()
     from . import _tvm
     from .tuning.cache import TargetCache
-    from .tuning.default_schedule import apply_default_schedules
-    from .tuning.tuner import LOWERING_PASSES, apply_cached, lower_for_tuning
-    from .tuning.tuner import tune as tune_kernels
 
     # 1. Resolve and validate the target preset (cheap failures first).
     preset, tvm_target = resolve_preset(load_preset(target))
     target_dict = _tvm.target_to_dict(tvm_target)
 
-    # 2. Import: ONNX -> Relax with static input shapes, weights bound as constants.
+    # 2. Import: model file -> Relax with static input shapes, weights bound as constants.
     imported = import_model(model, input_shapes=input_shapes)
+    reports = CompileReports(imported=_import_report(imported))
 
     # 3. Optimize the graph: fold constants and BatchNorm, simplify.
-    mod, graph_passes = optimize_graph(imported.mod)
+    mod, reports.graph = optimize_graph(imported.mod)
 
     # 4. Prune and quantize (if asked). Structured pruning rewrites layers to fewer
     #    channels; magnitude pruning zeroes weights, which then travel compactly beside
     #    the library; int8 rewrites conv/matmul to int8 weights (and int8 compute).
     shrunk = shrink_graph(mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress, tvm_target)
-    mod, pruning, quantization, weights = shrunk.mod, shrunk.pruning, shrunk.quantization, shrunk.weights
+    mod, reports.pruning, reports.quantization = shrunk.mod, shrunk.pruning, shrunk.quantization
 
     # 5. Lower to fused kernels: the units that are tuned, cached and built.
-    fused = lower_for_tuning(mod)
+    fused, reports.lowering = lower(mod)
 
-    # 6. Tune what the cache does not cover (if asked), then schedule every kernel the
-    #    cache has a record for.
+    # 6. Schedule: tune what the cache does not cover (if asked), apply the cache's
+    #    records, and give every kernel still without one a default schedule.
     cache = TargetCache.open(target_dict, _tvm.TVM_VERSION, cache_dir)
+    scheduled, reports.schedule = schedule_kernels(fused, tvm_target, preset, cache, tune, progress)
+
+    destination = Path(output_dir) if output_dir else DEFAULT_ARTIFACTS_DIR / f"{imported.name}-{preset.name}"
+    with staging_folder(destination) as staging:
+        # 7. Build: tvm.compile (codegen) and export the shared library (+ compact weights).
+        library = library_file_name(preset)
+        build_library(scheduled, tvm_target, preset, staging / library)
+        if shrunk.weights is not None:
+            write_weights(staging / WEIGHTS_FILE, shrunk.weights)
+        reports.build = BuildReport(library=library, weights="embedded" if shrunk.weights is None else WEIGHTS_FILE)
+        if reports.schedule.tuning is not None:
+            reports.build.measured_ms = _measured_ms(staging / library, preset, imported.inputs, shrunk.weights)
+
+        # 8. Package: manifest with provenance and file hashes, then rename into place.
+        manifest = _manifest(imported, preset, tvm_target, reports, time.perf_counter() - started)
+        manifest = finalize(staging, destination, manifest)
+    return CompileResult(artifact_dir=destination, manifest=manifest, reports=reports)
+
+
+def schedule_kernels(fused, tvm_target, preset, cache, tune=None, progress=None):
+    """Tuned records from the cache (after tuning, if asked), else default schedules."""
+    from .tuning.default_schedule import apply_default_schedules
+    from .tuning.tuner import apply_cached
+    from .tuning.tuner import tune as tune_kernels
+
+    tuning = None
     if tune is not None:
         from .tuning.remote import require_local_measurement
 
         require_local_measurement(preset)  # cross presets tune with `tvmdeploy tune --tracker`
-    report = tune_kernels(fused, tvm_target, cache, tune, progress) if tune is not None else None
-    scheduled, kernels_from_cache = apply_cached(fused, tvm_target, cache)
+        tuning = tune_kernels(fused, tvm_target, cache, tune, progress)
+    ran = PassLog()
+    scheduled, from_cache = apply_cached(fused, tvm_target, cache, ran)
+    # Every CPU kernel still without a schedule gets MetaSchedule's first design-space
+    # sample (tiled, parallel, vectorized) instead of naive loops; every GPU kernel
+    # dlight's default GPU schedule.
+    scheduled, default = apply_default_schedules(scheduled, tvm_target, ran=ran)
+    report = ScheduleReport(
+        passes=list(ran), kernels_from_cache=from_cache, kernels_default=default,
+        cache_folder=str(cache.folder), tuning=tuning,
+    )
+    return scheduled, report
 
-    # 7. Every CPU kernel still without a schedule gets MetaSchedule's first design-space
-    #    sample (tiled, parallel, vectorized) instead of naive loops; every GPU kernel
-    #    dlight's default GPU schedule.
-    scheduled, kernels_default = apply_default_schedules(scheduled, tvm_target)
 
-    destination = Path(output_dir) if output_dir else DEFAULT_ARTIFACTS_DIR / f"{imported.name}-{preset.name}"
-    with staging_folder(destination) as staging:
-        # 8. Build: tvm.compile (codegen; default GPU schedules for unscheduled kernels)
-        #    and export the shared library.
-        library = library_file_name(preset)
-        build_library(scheduled, tvm_target, preset, staging / library)
-        if weights is not None:
-            write_weights(staging / WEIGHTS_FILE, weights)
+def _import_report(imported) -> ImportReport:
+    frontend = getattr(imported, "frontend", "onnx")
+    return ImportReport(
+        passes=list(imported.import_passes), frontend=frontend,
+        source_format=getattr(imported, "source_format", frontend), rewrites=list(imported.import_passes),
+    )
 
-        # 9. Package: manifest with provenance and file hashes, then rename into place.
-        tuning = report.to_json() if report is not None else {"cache_folder": str(cache.folder)}
-        tuning["kernels_scheduled_from_cache"] = kernels_from_cache
-        tuning["kernels_default_schedule"] = kernels_default
-        if report is not None:
-            tuning["measured_ms"] = _measured_ms(staging / library, preset, imported.inputs, weights)
-        manifest = Manifest(
-            model_name=imported.name,
-            source_file=str(imported.source),
-            source_sha256=imported.source_sha256,
-            inputs=imported.inputs,
-            outputs=imported.outputs,
-            preset=preset.name,
-            target=target_dict,
-            device=preset.device,
-            arch=preset.arch,
-            cpu_flags=_tvm.required_cpu_flags(tvm_target),
-            threads=preset.build.threads,
-            library=library,
-            weights="embedded" if weights is None else WEIGHTS_FILE,
-            passes=[*imported.import_passes, *graph_passes]
-            + ([{"structured": "PruneChannels", "magnitude": "PruneMagnitude"}[pruning["scheme"]]] if pruning else [])
-            + (
-                {
-                    "int8-weight": ["QuantizeWeightsInt8", "FuseDecodeIntoConsumer"],
-                    "int8": ["QuantizeLayersInt8"],
-                    "qdq-int8": ["QuantizeLayersInt8"],
-                    "fp16": ["ToMixedPrecision"],
-                }[
-                    quantization["scheme"]
-                ]
-                if quantization
-                else []
-            )
-            + [*LOWERING_PASSES]
-            + (["MetaScheduleApplyDatabase"] if kernels_from_cache else [])
-            + ([_DEFAULT_SCHEDULES_PASS[preset.device]] if kernels_default else []),
-            versions=_versions(preset.device),
-            build_seconds=round(time.perf_counter() - started, 3),
-            extra={
-                "tuning": tuning,
-                **({"pruning": pruning} if pruning is not None else {}),
-                **({"quantization": quantization} if quantization is not None else {}),
-            },
-            compute_capability=_compute_capability(preset),
+
+def _manifest(imported, preset, tvm_target, reports: "CompileReports", seconds: float) -> Manifest:
+    """The manifest from what every stage reported (its pass list is theirs, joined)."""
+    from . import _tvm
+
+    tuning = reports.schedule.to_json()
+    if reports.build.measured_ms is not None:
+        tuning["measured_ms"] = reports.build.measured_ms
+    extra = {"import": reports.imported.to_json(), "tuning": tuning}
+    if reports.pruning is not None:
+        extra["pruning"] = reports.pruning.to_json()
+    if reports.quantization is not None:
+        extra["quantization"] = reports.quantization.to_json()
+    return Manifest(
+        model_name=imported.name,
+        source_file=str(imported.source),
+        source_sha256=imported.source_sha256,
+        inputs=imported.inputs,
+        outputs=imported.outputs,
+        preset=preset.name,
+        target=_tvm.target_to_dict(tvm_target),
+        device=preset.device,
+        arch=preset.arch,
+        cpu_flags=_tvm.required_cpu_flags(tvm_target),
+        threads=preset.build.threads,
+        library=reports.build.library,
+        weights=reports.build.weights,
+        passes=reports.passes(),
+        versions=_versions(preset.device),
+        build_seconds=round(seconds, 3),
+        extra=extra,
+        compute_capability=_compute_capability(preset),
+    )
+
+
+@dataclass
+class CompileReports:
+    """Every stage's report, in pipeline order (None: the stage did not run)."""
+
+    imported: ImportReport
+    graph: GraphReport | None = None
+    pruning: PruningReport | None = None
+    quantization: QuantizationReport | None = None
+    lowering: LoweringReport | None = None
+    schedule: ScheduleReport | None = None
+    build: BuildReport | None = None
+
+    def passes(self) -> list[str]:
+        return passes_run(
+            self.imported, self.graph, self.pruning, self.quantization, self.lowering, self.schedule, self.build
         )
-        manifest = finalize(staging, destination, manifest)
-    return CompileResult(artifact_dir=destination, manifest=manifest)
 
 
 @dataclass
 class ShrunkGraph:
     mod: "tvm.ir.IRModule"
-    pruning: dict | None  # manifest reports
-    quantization: dict | None
-    weights: list | None  # weights to store beside the library (None: embedded)
+    pruning: PruningReport | None = None
+    quantization: QuantizationReport | None = None
+    weights: list | None = None  # weights to store beside the library (None: embedded)
 
 
 def shrink_graph(
@@ -199,7 +243,7 @@ def shrink_graph(
         from .quantization.quantize import quantize_qdq_model
 
         mod, quantization = quantize_qdq_model(mod, inputs, progress, target)
-    if pruning is not None and pruning["scheme"] == "magnitude":
+    if pruning is not None and pruning.stores_weights_apart:
         from .pruning.lift import lift_weights
 
         mod, weights = lift_weights(mod)
@@ -228,7 +272,7 @@ def tune_model(
     """
     from . import _tvm
     from .tuning.cache import TargetCache
-    from .tuning.tuner import TuningBudget, lower_for_tuning, tune
+    from .tuning.tuner import TuningBudget, tune
 
     preset, tvm_target = resolve_preset(load_preset(target))
     measure = None
@@ -246,7 +290,7 @@ def tune_model(
     mod, _ = optimize_graph(imported.mod)
     mod = shrink_graph(mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress, tvm_target).mod
     cache = TargetCache.open(_tvm.target_to_dict(tvm_target), _tvm.TVM_VERSION, cache_dir)
-    return tune(lower_for_tuning(mod), tvm_target, cache, budget or TuningBudget(), progress, measure)
+    return tune(lower(mod)[0], tvm_target, cache, budget or TuningBudget(), progress, measure)
 
 
 def _measured_ms(library: Path, preset, inputs, weights=None) -> float | None:
@@ -266,9 +310,6 @@ def _measured_ms(library: Path, preset, inputs, weights=None) -> float | None:
     args += [tvm.runtime.tensor(w, device) for w in weights or []]
     timer = vm.time_evaluator("main", device, number=3, repeat=5)
     return round(float(np.median(timer(*args).results)) * 1e3, 6)
-
-
-_DEFAULT_SCHEDULES_PASS = {"cpu": "DefaultCPUSchedules", "cuda": "DefaultGPUSchedules(dlight)"}
 
 
 def _compute_capability(preset) -> str | None:

@@ -25,7 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from tvm import te, tirx, topi
+
+from .._tvm import te, tirx, topi
 
 GROUP = 4  # input channels per instruction lane
 BLOCK_NAME = "int8_packed"  # in the kernels' block names: how the tuner recognizes them

@@ -32,9 +32,7 @@ is the saturating pair sum, bit for bit (see tests/test_x86_intrin.py).
 
 from __future__ import annotations
 
-from tvm.s_tir import TensorIntrin
-from tvm.s_tir import meta_schedule as ms
-from tvm.script import tirx as T
+from .._tvm import T, TensorIntrin, ms
 
 AVX2_DOT_16x4_INTRIN = "tvmdeploy_dot_16x4_avx2"
 VNNI_DOT_16x4_INTRIN = "tvmdeploy_dot_16x4_vnni"

@@ -74,6 +74,11 @@ PruningConfig = StructuredPruning | MagnitudePruning
 SCHEMES = {"structured": StructuredPruning, "magnitude": MagnitudePruning}
 
 
+def scheme_name(config: PruningConfig) -> str:
+    """The CLI/manifest name of a config's scheme (SCHEMES is the one place names live)."""
+    return next(name for name, cls in SCHEMES.items() if cls is type(config))
+
+
 def parse_prune_spec(spec: str, max_accuracy_drop: float | None = None) -> PruningConfig:
     """'structured:0.3', 'magnitude:0.5', 'magnitude:alpha=1.0,scope=layer', 'structured'."""
     scheme, _, rest = spec.partition(":")

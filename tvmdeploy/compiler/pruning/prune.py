@@ -25,7 +25,9 @@ from .config import (
     PruningConfig,
     PruningError,
     StructuredPruning,
+    scheme_name,
 )
+from ..reports import PassLog, PruningReport
 from .evaluate import WeightEditableModel
 from ..analysis.stats import model_stats
 
@@ -51,6 +53,19 @@ class _Scorer:
         return accuracy_report(self.reference, outputs, self.calibration)
 
 
+# One planner per scheme, looked up by the config's type: a planner turns per-layer ratios
+# into numpy weight edits (for the scan) and into the rewritten module (apply).
+PLANNERS: dict[type, type] = {}
+
+
+def register_pruning_planner(config_type: type):
+    def register(planner: type) -> type:
+        PLANNERS[config_type] = planner
+        return planner
+
+    return register
+
+
 def prune_graph(mod, config: PruningConfig, inputs, calibration: Calibration | None = None, progress=None):
     """Prune the optimized module. Returns (pruned module, report for the manifest)."""
     started = time.monotonic()
@@ -60,12 +75,10 @@ def prune_graph(mod, config: PruningConfig, inputs, calibration: Calibration | N
     before = model_stats(mod)
     model = WeightEditableModel(mod, len(inputs))
     scorer = _Scorer(model, calibration or random_calibration(inputs))
-    if isinstance(config, StructuredPruning):
-        plan = _StructuredPlan(model, config)
-    elif isinstance(config, MagnitudePruning):
-        plan = _MagnitudePlan(model, config)
-    else:  # pragma: no cover - a new scheme without a planner
+    planner = PLANNERS.get(type(config))
+    if planner is None:
         raise PruningError(f"no pruner for {type(config).__name__}")
+    plan = planner(model, config)
 
     sensitivity = []
     searching = config.ratio is None and getattr(config, "alpha", None) is None
@@ -82,22 +95,25 @@ def prune_graph(mod, config: PruningConfig, inputs, calibration: Calibration | N
             f"--max-accuracy-drop {config.max_accuracy_drop:g}; use a smaller ratio, or drop the ratio to let "
             f"the sensitivity scan pick per-layer ratios"
         )
-    pruned = plan.apply(mod, ratios)
+    ran = PassLog()
+    pruned = plan.apply(mod, ratios, ran)
     after = model_stats(pruned)
-    report = {
-        "scheme": "structured" if isinstance(config, StructuredPruning) else "magnitude",
-        "config": {**asdict(config), "type": type(config).__name__, "version": CONFIG_VERSION},
-        "layers": plan.layer_report(ratios),
-        "skipped": plan.skipped(),
-        "before": before.to_json(),
-        "after": after.to_json(),
-        "accuracy": accuracy,
-        "sensitivity": sensitivity,
-        "evaluations": scorer.evaluations,
-        "seconds": round(time.monotonic() - started, 2),
-    }
+    report = PruningReport(
+        passes=list(ran),
+        scheme=scheme_name(config),
+        config={**asdict(config), "type": type(config).__name__, "version": CONFIG_VERSION},
+        layers=plan.layer_report(ratios),
+        skipped=plan.skipped(),
+        before=before.to_json(),
+        after=after.to_json(),
+        accuracy=accuracy,
+        sensitivity=sensitivity,
+        evaluations=scorer.evaluations,
+        seconds=round(time.monotonic() - started, 2),
+        stores_weights_apart=plan.stores_weights_apart,
+    )
     say(
-        f"pruning: {report['scheme']}, MACs {before.macs:,} -> {after.macs:,}, non-zero params "
+        f"pruning: {report.scheme}, MACs {before.macs:,} -> {after.macs:,}, non-zero params "
         f"{before.nonzero_params:,} -> {after.nonzero_params:,}, {scorer.metric} {accuracy['before']:.2f} -> "
         f"{accuracy['after']:.2f} on {scorer.calibration.source}"
     )
@@ -140,7 +156,10 @@ def _search(plan, scorer: _Scorer, budget: float, table: list) -> dict:
             frozen.add(knob)
 
 
+@register_pruning_planner(StructuredPruning)
 class _StructuredPlan:
+    stores_weights_apart = False  # fewer channels: smaller constants, embedded as before
+
     def __init__(self, model: WeightEditableModel, config: StructuredPruning):
         self.model, self.config = model, config
         self.graph = model.graph
@@ -188,10 +207,10 @@ class _StructuredPlan:
                 weights[index] = w
         return weights
 
-    def apply(self, mod, ratios: dict):
+    def apply(self, mod, ratios: dict, ran: PassLog):
         keep = self.keep(ratios)
         names = {g.id: g.producers[0].name for g in self.groups.values()}
-        return PruneChannels({names[gid]: channels for gid, channels in keep.items()})(mod) if keep else mod
+        return ran.run(PruneChannels({names[gid]: channels for gid, channels in keep.items()}), mod) if keep else mod
 
     def saving(self, knob: str, ratio: float) -> int:
         """MACs saved by pruning this group alone at `ratio`."""
@@ -244,7 +263,10 @@ def _consumer_share(graph, consumer, group_id: int) -> float:
     return _layer_macs(graph, consumer.layer) * per / total
 
 
+@register_pruning_planner(MagnitudePruning)
 class _MagnitudePlan:
+    stores_weights_apart = True  # zeros compress: the weights go beside the library
+
     def __init__(self, model: WeightEditableModel, config: MagnitudePruning):
         self.model, self.config = model, config
         self.layers = {layer.name: layer for layer in model.graph.layers}
@@ -266,8 +288,8 @@ class _MagnitudePlan:
             weights[index] = np.where(mask, weights[index], 0).astype(weights[index].dtype)
         return weights
 
-    def apply(self, mod, ratios: dict):
-        return PruneMagnitude(self.masks(ratios))(mod)
+    def apply(self, mod, ratios: dict, ran: PassLog):
+        return ran.run(PruneMagnitude(self.masks(ratios)), mod)
 
     def saving(self, knob: str, ratio: float) -> int:
         return int(self.arrays[knob].nbytes * ratio)

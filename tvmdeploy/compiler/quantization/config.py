@@ -62,6 +62,11 @@ QuantizationConfig = Int8WeightOnly | Int8Static | Fp16
 SCHEMES = {"int8-weight": Int8WeightOnly, "int8": Int8Static, "fp16": Fp16}
 
 
+def scheme_name(config: QuantizationConfig) -> str:
+    """The CLI/manifest name of a config's scheme (SCHEMES is the one place names live)."""
+    return next(name for name, cls in SCHEMES.items() if cls is type(config))
+
+
 def parse_quantize_spec(spec: str, **options) -> QuantizationConfig:
     cls = SCHEMES.get(spec)
     if cls is None:

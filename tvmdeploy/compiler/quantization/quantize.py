@@ -10,7 +10,8 @@ top-1 (accuracy with labels, else agreement with float).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from ..passes.quantize_int8 import (
 )
 from ..analysis.channels import analyze_channels, bindings_of
 from ..analysis.stats import model_stats
+from ..reports import PassLog, QuantizationReport
 from .config import (
     CONFIG_VERSION,
     Fp16,
@@ -34,85 +36,141 @@ from .config import (
     Int8WeightOnly,
     QuantizationConfig,
     QuantizationError,
+    scheme_name,
 )
 
 
-def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, progress=None, device: str = "cpu",
-                   target=None):
-    """target: the tvm Target built for; where it has an x86 int8 dot-product instruction,
-    int8 layers use it (see int8_layout)."""
-    started = time.monotonic()
-    say = progress.message if progress is not None else (lambda text: None)
-    if isinstance(config, Fp16) and device != "cuda":
+@dataclass
+class _Quantized:
+    """What a scheme's handler produced: the module, and what the report says of it."""
+
+    mod: object
+    passes: PassLog
+    graph: object = None  # the channel analysis of the module quantized (its layers)
+    reference: object = None  # the float module outputs are compared with (default: the input)
+    scales: dict | None = None
+    layer_sqnr: dict | None = None
+    kept_float: list = field(default_factory=list)
+    kernels: dict | None = None
+    finish: Callable | None = None  # (module, PassLog) -> module, after accuracy is measured
+
+
+HANDLERS: dict[type, Callable] = {}
+
+
+def register_quantize_handler(config_type: type):
+    """Register the function that applies one scheme's config (torchao's pattern):
+    handler(mod, config, context) -> _Quantized; dispatched by HANDLERS[type(config)]."""
+
+    def register(handler):
+        HANDLERS[config_type] = handler
+        return handler
+
+    return register
+
+
+@dataclass(frozen=True)
+class _Context:
+    data: object  # Calibration
+    device: str
+    target: object
+    say: Callable
+
+
+@register_quantize_handler(Int8WeightOnly)
+def _int8_weight_only(mod, config: Int8WeightOnly, ctx: _Context) -> _Quantized:
+    ran = PassLog()
+    quantized = ran.run(QuantizeWeightsInt8(per_channel=config.per_channel), mod)
+    # The int8 -> float decode fuses into its consumer once measured (a build-time rewrite).
+    return _Quantized(quantized, ran, finish=lambda m, log: log.run(FuseDecodeIntoConsumer(), m))
+
+
+@register_quantize_handler(Fp16)
+def _fp16(mod, config: Fp16, ctx: _Context) -> _Quantized:
+    if ctx.device != "cuda":
         raise QuantizationError(
             "fp16 is for CUDA presets (CPUs here have no fast fp16 arithmetic); use int8-weight or int8 for CPU targets"
         )
-    if isinstance(config, Int8Static) and calibration is None:
+    # float16 tensors and weights, float32 accumulation in conv/matmul (TVM's pass);
+    # measured on this machine's CPU: the same arithmetic the GPU does.
+    ran = PassLog()
+    mixed = ran.run(relax.transform.ToMixedPrecision(out_dtype="float32"), mod)
+    return _Quantized(ran.run(relax.transform.FoldConstant(), mixed), ran)
+
+
+@register_quantize_handler(Int8Static)
+def _int8_static(mod, config: Int8Static, ctx: _Context) -> _Quantized:
+    if ctx.data is None:
         raise QuantizationError("--quantize int8 calibrates activations: pass --calibration-data FILE.npz")
+    ran, reference = PassLog(), mod
+    packed = packed_int8_for(ctx.target)
+    if packed is not None:
+        mod = to_nhwc(mod, ran)
+    graph = analyze_channels(mod)
+    ctx.say(f"quantization: calibrating {len(graph.layers)} layers on {ctx.data.source} ({config.observer})")
+    scales, layer_sqnr = calibrate(mod, graph, ctx.data.samples, config, packed.weight_max if packed else 127)
+    kept_float = sorted(
+        name for name, db in layer_sqnr.items() if config.min_layer_sqnr_db is not None and db < config.min_layer_sqnr_db
+    )
+    if len(kept_float) == len(graph.layers):  # all float: the graph as it came, no pass ran
+        return _Quantized(reference, PassLog(), graph, reference, scales, layer_sqnr, kept_float, kernels_report(packed, reference))
+    layers = {k: v for k, v in scales.items() if k not in kept_float}
+    quantized = ran.run(QuantizeLayersInt8(layers, per_channel=config.per_channel, packed=packed), mod)
+    quantized = ran.run(FoldBiasIntoInt32(), quantized)
+    return _Quantized(quantized, ran, graph, reference, scales, layer_sqnr, kept_float, kernels_report(packed, quantized))
+
+
+def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, progress=None, device: str = "cpu",
+                   target=None) -> tuple[object, QuantizationReport]:
+    """Quantize the optimized module with the scheme `config` names; measure it against float.
+
+    target: the tvm Target built for; where it has an int8 dot-product instruction, int8
+    layers run packed kernels that use it (see kernels/select.py)."""
+    started = time.monotonic()
+    say = progress.message if progress is not None else (lambda text: None)
+    handler = HANDLERS.get(type(config))
+    if handler is None:
+        raise QuantizationError(f"no quantization handler for {type(config).__name__}")
     if config.max_accuracy_drop is not None and calibration is None:
         raise QuantizationError("--max-accuracy-drop needs --calibration-data FILE.npz to measure accuracy on")
-    data = calibration or random_calibration(inputs)
     before = model_stats(mod)
-    graph = analyze_channels(mod)
-    scales, layer_sqnr, kept_float, kernels = None, None, [], None
-    reference = mod
-    if isinstance(config, Int8WeightOnly):
-        quantized = QuantizeWeightsInt8(per_channel=config.per_channel)(mod)
-    elif isinstance(config, Fp16):
-        # float16 tensors and weights, float32 accumulation in conv/matmul (TVM's pass);
-        # measured below on this machine's CPU: the same arithmetic the GPU does.
-        quantized = relax.transform.FoldConstant()(relax.transform.ToMixedPrecision(out_dtype="float32")(mod))
-    else:
-        packed = packed_int8_for(target)
-        if packed is not None:
-            mod = to_nhwc(mod)
-            graph = analyze_channels(mod)
-        say(f"quantization: calibrating {len(graph.layers)} layers on {data.source} ({config.observer})")
-        scales, layer_sqnr = calibrate(mod, graph, data.samples, config, packed.weight_max if packed else 127)
-        kept_float = sorted(
-            name for name, db in layer_sqnr.items()
-            if config.min_layer_sqnr_db is not None and db < config.min_layer_sqnr_db
-        )
-        quantized = FoldBiasIntoInt32()(QuantizeLayersInt8(
-            {k: v for k, v in scales.items() if k not in kept_float}, per_channel=config.per_channel,
-            packed=packed,
-        )(mod)) if len(kept_float) < len(graph.layers) else reference  # all float: the graph as it came
-        kernels = kernels_report(packed, quantized)
-
-    reference = HostModel(reference, "measure quantization").run(data.samples)
-    outputs = HostModel(quantized, "measure quantization").run(data.samples)
+    done = handler(mod, config, _Context(calibration, device, target, say))
+    data = calibration or random_calibration(inputs)
+    reference = HostModel(done.reference if done.reference is not None else mod, "measure quantization").run(data.samples)
+    outputs = HostModel(done.mod, "measure quantization").run(data.samples)
     accuracy = accuracy_report(reference, outputs, data)
     if config.max_accuracy_drop is not None and accuracy["drop"] > config.max_accuracy_drop + 1e-9:
         raise QuantizationError(
             f"quantization costs {accuracy['drop']:.2f} points of {accuracy['metric']} on {data.source}, more than "
             f"--max-accuracy-drop {config.max_accuracy_drop:g}"
-            + ("; try --observer percentile" if isinstance(config, Int8Static) and config.observer == "minmax" else "")
+            + ("; try --observer percentile" if getattr(config, "observer", None) == "minmax" else "")
         )
-    after = model_stats(quantized)
-    if isinstance(config, Int8WeightOnly):
-        quantized = FuseDecodeIntoConsumer()(quantized)
-    report = {
-        "scheme": {Int8WeightOnly: "int8-weight", Int8Static: "int8", Fp16: "fp16"}[type(config)],
-        "config": {**asdict(config), "type": type(config).__name__, "version": CONFIG_VERSION},
-        "layers": [layer.name for layer in graph.layers],
-        "activation_scales": None if scales is None else {k: float(v) for k, v in scales.items()},
-        "layer_sqnr_db": layer_sqnr,
-        "kept_float": kept_float,
-        "kernels": kernels,
-        "before": before.to_json(),
-        "after": after.to_json(),
-        "accuracy": accuracy,
-        "seconds": round(time.monotonic() - started, 2),
-    }
+    after = model_stats(done.mod)
+    quantized = done.finish(done.mod, done.passes) if done.finish is not None else done.mod
+    graph = done.graph if done.graph is not None else analyze_channels(mod)
+    report = QuantizationReport(
+        passes=list(done.passes),
+        scheme=scheme_name(config),
+        config={**asdict(config), "type": type(config).__name__, "version": CONFIG_VERSION},
+        layers=[layer.name for layer in graph.layers],
+        activation_scales=None if done.scales is None else {k: float(v) for k, v in done.scales.items()},
+        layer_sqnr_db=done.layer_sqnr,
+        kept_float=done.kept_float,
+        kernels=done.kernels,
+        before=before.to_json(),
+        after=after.to_json(),
+        accuracy=accuracy,
+        seconds=round(time.monotonic() - started, 2),
+    )
     say(
-        f"quantization: {report['scheme']}, weight bytes {before.weight_bytes:,} -> {after.weight_bytes:,}, "
+        f"quantization: {report.scheme}, weight bytes {before.weight_bytes:,} -> {after.weight_bytes:,}, "
         f"output SQNR {', '.join(f'{s:.1f}' if s is not None else 'inf' for s in accuracy['output_sqnr_db'])} dB, "
         f"{accuracy['metric']} {accuracy['before']:.2f} -> {accuracy['after']:.2f} on {data.source}"
     )
     return quantized, report
 
 
-def quantize_qdq_model(mod, inputs, progress=None, target=None):
+def quantize_qdq_model(mod, inputs, progress=None, target=None) -> tuple[object, QuantizationReport | None]:
     """A QDQ model's quantized layers onto int8 compute; (module, report) or (module, None)
     when the model has no QDQ layers."""
     from .qdq import qdq_input_scales
@@ -120,23 +178,24 @@ def quantize_qdq_model(mod, inputs, progress=None, target=None):
     scales = qdq_input_scales(mod)
     if not scales:
         return mod, None
+    ran = PassLog()
     packed = packed_int8_for(target)
-    graph = to_nhwc(mod) if packed is not None else mod
-    quantized = FoldBiasIntoInt32()(QuantizeLayersInt8(scales, packed=packed)(graph))
-    kernels = kernels_report(packed, quantized)
+    graph = to_nhwc(mod, ran) if packed is not None else mod
+    quantized = ran.run(FoldBiasIntoInt32(), ran.run(QuantizeLayersInt8(scales, packed=packed), graph))
     data = random_calibration(inputs)
     reference = HostModel(mod, "measure the QDQ model").run(data.samples)
     accuracy = accuracy_report(reference, HostModel(quantized, "measure the QDQ model").run(data.samples), data)
-    report = {
-        "scheme": "qdq-int8",
-        "config": {"type": "QDQ", "version": CONFIG_VERSION, "source": "the model's QuantizeLinear/DequantizeLinear"},
-        "layers": sorted(scales),
-        "activation_scales": scales,
-        "kernels": kernels,
-        "before": model_stats(mod).to_json(),
-        "after": model_stats(quantized).to_json(),
-        "accuracy": {**accuracy, "reference": "the model run as float between its Q/DQ pairs"},
-    }
+    report = QuantizationReport(
+        passes=list(ran),
+        scheme="qdq-int8",
+        config={"type": "QDQ", "version": CONFIG_VERSION, "source": "the model's QuantizeLinear/DequantizeLinear"},
+        layers=sorted(scales),
+        activation_scales=scales,
+        kernels=kernels_report(packed, quantized),
+        before=model_stats(mod).to_json(),
+        after=model_stats(quantized).to_json(),
+        accuracy={**accuracy, "reference": "the model run as float between its Q/DQ pairs"},
+    )
     if progress is not None:
         progress.message(f"quantization: QDQ model, {len(scales)} layers on int8 compute (scales from the model)")
     return quantized, report
@@ -155,10 +214,11 @@ def kernels_report(packed, quantized) -> dict:
     }
 
 
-def to_nhwc(mod):
+def to_nhwc(mod, ran: PassLog):
     """conv2d in NHWC/OHWI (the packed kernels read 4 consecutive channels as one word);
     elementwise ops and pooling follow, transposes only where the layout has to change."""
-    return relax.transform.FoldConstant()(relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod))
+    nhwc = ran.run(relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}), mod)
+    return ran.run(relax.transform.FoldConstant(), nhwc)
 
 
 def calibrate(mod, graph, samples, config: Int8Static, weight_max: int = 127) -> tuple[dict[str, float], dict[str, float]]:

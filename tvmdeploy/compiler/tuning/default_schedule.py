@@ -21,25 +21,42 @@ from __future__ import annotations
 from .. import _tvm
 from .._tvm import ms, tvm
 from ...errors import BuildError
+from ..kernels import register_intrinsics
 from ..kernels.select import space_for_kernel
 
 
-def apply_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed: int = 1) -> tuple[tvm.ir.IRModule, int]:
-    """Schedule every not-yet-scheduled kernel; returns (module, kernels scheduled)."""
+# What the manifest calls these steps (they are not TVM passes).
+CPU_DEFAULT_SCHEDULES = "DefaultCPUSchedules"
+GPU_DEFAULT_SCHEDULES = "DefaultGPUSchedules(dlight)"
+
+
+def apply_default_schedules(
+    mod: tvm.ir.IRModule, target: tvm.target.Target, seed: int = 1, ran=None
+) -> tuple[tvm.ir.IRModule, int]:
+    """Schedule every not-yet-scheduled kernel; returns (module, kernels scheduled).
+    ran: a PassLog that records the step when it scheduled any kernel."""
     if target.kind.name == "cuda":
-        return _gpu_default_schedules(mod, target)
-    if target.kind.name != "llvm":
+        mod, count = _gpu_default_schedules(mod, target)
+    elif target.kind.name == "llvm":
+        mod, count = _cpu_default_schedules(mod, target, seed)
+    else:
         return mod, 0
-    _tvm.register_tensor_intrinsics(target.kind.name)
+    if count and ran is not None:
+        ran.append(GPU_DEFAULT_SCHEDULES if target.kind.name == "cuda" else CPU_DEFAULT_SCHEDULES)
+    return mod, count
+
+
+def _cpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed: int) -> tuple[tvm.ir.IRModule, int]:
+    register_intrinsics(target.kind.name)
     cores = int(target.attrs.get("num-cores", 1))
     updates = {}
     with _tvm.native_stderr_to(None):  # C++ warnings about rules this target lacks
         for gv, func in mod.functions.items():
-            if not isinstance(func, tvm.tirx.PrimFunc) or _is_scheduled(func):
+            if not isinstance(func, _tvm.PrimFunc) or _is_scheduled(func):
                 continue
             scheduled = _first_design_space_sample(func, target, cores, seed)
             if scheduled is not None:
-                updates[gv] = scheduled.with_attr("global_symbol", gv.name_hint).with_attr("tirx.is_scheduled", True)
+                updates[gv] = _tvm.mark_scheduled(scheduled, gv.name_hint)
     if not updates:
         return mod, 0
     mod = tvm.ir.IRModule(dict(mod.functions), attrs=mod.attrs)
@@ -49,7 +66,7 @@ def apply_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, see
 
 
 def _gpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target) -> tuple[tvm.ir.IRModule, int]:
-    todo = [gv for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc) and not _is_scheduled(f)]
+    todo = [gv for gv, f in mod.functions.items() if isinstance(f, _tvm.PrimFunc) and not _is_scheduled(f)]
     if not todo:
         return mod, 0
     with target:
@@ -64,7 +81,7 @@ def _gpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target) -> t
 
 
 def _is_scheduled(func) -> bool:
-    return func.attrs is not None and bool(func.attrs.get("tirx.is_scheduled", False))
+    return _tvm.is_scheduled(func)
 
 
 def _first_design_space_sample(func, target, cores: int, seed: int):

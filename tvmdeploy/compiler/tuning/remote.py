@@ -12,9 +12,10 @@ import functools
 from dataclasses import dataclass
 
 from .. import _tvm
-from ..build import _export_compiler
+from ..build import cross_linker_options, require_cross_compiler
 from ...errors import RemoteError
 from ..presets import Preset
+from ...runtime.loader import machine_arch
 from ...runtime.remote import parse_address, tracker_summary, wait_for_device
 
 # One candidate's session: upload, load, time and free. Emulated boards are slow to
@@ -24,9 +25,7 @@ SESSION_TIMEOUT_S = 120
 
 def require_local_measurement(preset: Preset) -> None:
     """Tuning without a remote device measures here: refuse presets whose code cannot run here."""
-    import platform
-
-    here = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+    here = machine_arch()
     if preset.device == "cpu" and preset.arch and preset.arch != here:
         raise RemoteError(
             f"preset {preset.name} builds {preset.arch} code, which cannot be measured on this {here} machine; "
@@ -56,12 +55,10 @@ class RemoteMeasure:
                 f"remote tuning is for cross-compiled CPU presets (e.g. aarch64-cortex-a72); "
                 f"preset {preset.name} has no [build] cross_compiler"
             )
-        _export_compiler(preset)  # a missing cross compiler: a one-line error naming the packages
+        require_cross_compiler(preset)
         wait_for_device(tracker, key)
-        options = list(preset.build.linker_options)
-        if preset.build.sysroot:
-            options.append(f"--sysroot={preset.build.sysroot}")
-        return cls(tracker=tracker, key=key, compiler=preset.build.cross_compiler, linker_options=tuple(options))
+        options = tuple(cross_linker_options(preset))
+        return cls(tracker=tracker, key=key, compiler=preset.build.cross_compiler, linker_options=options)
 
     def f_export(self):
         return functools.partial(_tvm.metaschedule_cross_export, self.compiler, list(self.linker_options))

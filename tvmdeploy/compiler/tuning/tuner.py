@@ -26,7 +26,9 @@ import numpy as np
 from .. import _tvm
 from .._tvm import ms, relax, tvm
 from ...errors import BuildError, TvmDeployError, summarize_exception
+from ..kernels import register_intrinsics
 from ..kernels.select import space_for_kernel
+from .budget import DEFAULT_TRIALS, TuningBudget  # noqa: F401  (re-exported)
 from .cache import TargetCache
 from .progress import Progress, ProgressState
 from .records import RECORD_FILE, WORKLOAD_FILE, read_database
@@ -36,32 +38,6 @@ if TYPE_CHECKING:
 
 # The lowering shared by tuning and building: kernels must be structurally identical to
 # the tuned workloads, or the records would not apply.
-LOWERING_PASSES = ("LegalizeOps", "AnnotateTIROpPattern", "FoldConstant", "FuseOps", "FuseTIR")
-
-
-@dataclass(frozen=True)
-class TuningBudget:
-    """How much tuning to do. The task scheduler spends trials where the latency is."""
-
-    trials: int = 1000  # across all tasks
-    trials_per_task: int | None = None  # default: enough for the heaviest task, see below
-    minutes: float | None = None  # wall clock, setup included
-
-    def __post_init__(self):
-        if self.trials < 0:
-            raise TvmDeployError(f"--trials must be >= 0, got {self.trials}")
-        if self.trials_per_task is not None and self.trials_per_task < 1:
-            raise TvmDeployError(f"--trials-per-task must be >= 1, got {self.trials_per_task}")
-        if self.minutes is not None and self.minutes <= 0:
-            raise TvmDeployError(f"--time-budget must be > 0 minutes, got {self.minutes}")
-
-    def per_task(self, num_tasks: int) -> int:
-        if self.trials_per_task is not None:
-            return self.trials_per_task
-        # Room for the gradient scheduler to give the heavy tasks several times an even share.
-        return min(self.trials, max(16, 4 * self.trials // max(1, num_tasks)))
-
-
 @dataclass
 class TaskReport:
     name: str
@@ -113,26 +89,19 @@ class TuningReport:
         return "\n".join(lines)
 
 
-def lower_for_tuning(mod: tvm.ir.IRModule) -> tvm.ir.IRModule:
-    t = relax.transform
-    return tvm.transform.Sequential(
-        [t.LegalizeOps(), t.AnnotateTIROpPattern(), t.FoldConstant(), t.FuseOps(), t.FuseTIR()]
-    )(mod)
-
-
-def apply_cached(fused: tvm.ir.IRModule, target: tvm.target.Target, cache: TargetCache) -> tuple[tvm.ir.IRModule, int]:
-    """Schedule every kernel the cache has a record for; returns (module, kernels scheduled)."""
+def apply_cached(fused: tvm.ir.IRModule, target: tvm.target.Target, cache: TargetCache, ran=None) -> tuple[tvm.ir.IRModule, int]:
+    """Schedule every kernel the cache has a record for; returns (module, kernels scheduled).
+    ran: a PassLog that records MetaSchedule's pass when it scheduled any kernel."""
     records = cache.read()
     if not records.records:
         return fused, 0
     database = _load_database(cache.folder)
+    apply_database = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)
     with target, database:
-        scheduled = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fused)
-    count = sum(
-        1
-        for _, f in scheduled.functions.items()
-        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and f.attrs.get("tirx.is_scheduled")
-    )
+        scheduled = apply_database(fused)
+    count = sum(1 for _, f in scheduled.functions.items() if isinstance(f, _tvm.PrimFunc) and _tvm.is_scheduled(f))
+    if count and ran is not None:
+        ran.append(str(apply_database.info.name))
     return scheduled, count
 
 
@@ -231,8 +200,8 @@ def tune(
 def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callback, log_dir: Path, measure=None) -> None:
     cores = int(target.attrs.get("num-cores", os.cpu_count() or 1)) if target.kind.name == "llvm" else (os.cpu_count() or 1)
     log_dir.mkdir(parents=True, exist_ok=True)
-    _tvm.register_tensor_intrinsics(target.kind.name)  # before TuneContext imports them all
-    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    register_intrinsics(target.kind.name)  # before TuneContext imports them all
+    ms_logger = logging.getLogger(_tvm.METASCHEDULE_LOGGER)
     # MetaSchedule re-lists the logger's existing handlers by name in its logging config;
     # one without a name (or a previous run's file handler) breaks it: start clean.
     for handler in list(ms_logger.handlers):
@@ -247,7 +216,7 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
             work_dir=str(log_dir),  # MetaSchedule writes its per-task logs under <work_dir>/logs
             space=space_for_kernel(task.dispatched[0]["main"] if isinstance(task.dispatched[0], tvm.ir.IRModule)
                                    else task.dispatched[0], target),
-            strategy=_DeadlineSearch(ms.search_strategy.EvolutionarySearch(), deadline, callback.submitted),
+            strategy=_tvm.DeadlineSearch(ms.search_strategy.EvolutionarySearch(), deadline, callback.submitted),
             num_threads=cores,
             seed=0,
         )
@@ -341,7 +310,7 @@ def _builder_initializer(target):
         from ..cuda_build import builder_worker_setup
 
         return functools.partial(builder_worker_setup, str(target.attrs["arch"]))
-    return functools.partial(_tvm.register_tensor_intrinsics, target.kind.name)
+    return functools.partial(register_intrinsics, target.kind.name)
 
 
 def _require_tuning_gpu(target) -> None:
@@ -374,7 +343,7 @@ def _load_database(folder: Path):
     # Loading replays every record's trace, and int8 records tensorize with tvmdeploy's
     # intrinsics: a database read before they are registered fails ("TensorIntrin
     # 'tvmdeploy_dot_16x4_vnni' is not registered") in an fp32 compile sharing the cache.
-    _tvm.register_tensor_intrinsics("llvm")
+    register_intrinsics("llvm")
     return ms.database.JSONDatabase(
         path_workload=str(folder / WORKLOAD_FILE),
         path_tuning_record=str(folder / RECORD_FILE),
@@ -397,44 +366,6 @@ class _Deadline:
 
     def remaining(self) -> float | None:
         return None if self.at is None else max(0.0, self.at - time.monotonic())
-
-
-@tvm.ir.utils.derived_object
-class _DeadlineSearch(ms.search_strategy.PySearchStrategy):
-    """EvolutionarySearch that reports "no more candidates" once the deadline passes.
-
-    The task scheduler then terminates the task through its normal path and still joins
-    the batches in flight, so their records are kept and tune_tasks returns normally.
-    (Raising from a callback, or terminate_task from one, trips the scheduler's checks.)
-    """
-
-    def __init__(self, inner, deadline: _Deadline, on_submit=None):
-        self.inner = inner
-        self.deadline = deadline
-        self.on_submit = on_submit
-
-    def _initialize_with_tune_context(self, context) -> None:
-        self.inner._initialize_with_tune_context(context)
-
-    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None):
-        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
-
-    def post_tuning(self) -> None:
-        self.inner.post_tuning()
-
-    def generate_measure_candidates(self):
-        if self.deadline.passed():
-            return None
-        candidates = self.inner.generate_measure_candidates()
-        if candidates and self.on_submit is not None:
-            self.on_submit(len(candidates))
-        return candidates
-
-    def notify_runner_results(self, measure_candidates, results) -> None:
-        self.inner.notify_runner_results(measure_candidates, results)
-
-    def clone(self):
-        return _DeadlineSearch(self.inner.clone(), self.deadline, self.on_submit)
 
 
 @tvm.ir.utils.derived_object

@@ -1,0 +1,32 @@
+"""How much tuning to do: the budget the CLI parses into (no TVM import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import TvmDeployError
+
+DEFAULT_TRIALS = 1000  # across all kernels, when the user gives no trial count
+
+
+@dataclass(frozen=True)
+class TuningBudget:
+    """How much tuning to do. The task scheduler spends trials where the latency is."""
+
+    trials: int = DEFAULT_TRIALS  # across all tasks
+    trials_per_task: int | None = None  # default: enough for the heaviest task, see below
+    minutes: float | None = None  # wall clock, setup included
+
+    def __post_init__(self):
+        if self.trials < 0:
+            raise TvmDeployError(f"--trials must be >= 0, got {self.trials}")
+        if self.trials_per_task is not None and self.trials_per_task < 1:
+            raise TvmDeployError(f"--trials-per-task must be >= 1, got {self.trials_per_task}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise TvmDeployError(f"--time-budget must be > 0 minutes, got {self.minutes}")
+
+    def per_task(self, num_tasks: int) -> int:
+        if self.trials_per_task is not None:
+            return self.trials_per_task
+        # Room for the gradient scheduler to give the heavy tasks several times an even share.
+        return min(self.trials, max(16, 4 * self.trials // max(1, num_tasks)))
