@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from conftest import MODELS
+from pass_helpers import relax_main
 from tvm import relax
 
 from tvmdeploy.compiler.passes import FoldConvChannelAffine
@@ -20,14 +21,7 @@ BETA = rng.standard_normal((1, C, 1, 1)).astype("float32")
 
 
 def _function(body) -> tvm.IRModule:
-    """main(x) with a dataflow block whose bindings `body(bb, x)` emits; returns its output."""
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, 3, 16, 16), "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(body(bb, x))
-        bb.emit_func_output(out)
-    return bb.get()
+    return relax_main(body, (1, 3, 16, 16))
 
 
 def _conv(x, weight):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
+from pass_helpers import relax_main
 from tvm import relax
 
 from tvmdeploy.errors import BuildError
@@ -19,13 +20,7 @@ def _w(*shape):
 
 
 def _function(body, shape=(1, 3, 8, 8)) -> tvm.IRModule:
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(shape, "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(body(bb, x))
-        bb.emit_func_output(out)
-    return bb.get()
+    return relax_main(body, shape)
 
 
 def _conv(x, weight, groups=1):
@@ -177,3 +172,16 @@ def test_magnitude_zeroes_masked_weights_only():
 
     after = PruneMagnitude({"conv2d_1": mask})(_function(before))
     tvm.ir.assert_structural_equal(after, _function(expected))
+
+
+def test_an_error_inside_the_pass_reaches_the_caller_as_itself():
+    # TVM's FFI turns exceptions raised in a pass into RuntimeError; the CLI would then
+    # report a user's mistake as "unexpected" (exit 2). PassLog.run carries the type.
+    from conftest import MODELS
+
+    from tvmdeploy.compiler.frontend import import_model
+    from tvmdeploy.compiler.reports import PassLog
+
+    mod = import_model(MODELS / "mlp.onnx").mod
+    with pytest.raises(BuildError, match="no prunable layer named 'nope'"):
+        PassLog().run(PruneChannels({"nope": [0]}), mod)

@@ -69,9 +69,14 @@ def test_compile_run_inspect(capsys, tmp_path, digits_model, digits):
 def test_console_script_runs_in_runtime_only_mode(tmp_path, digits_artifact):
     exe = shutil.which("tvmdeploy", path=os.path.dirname(sys.executable)) or shutil.which("tvmdeploy")
     command = [exe] if exe else [sys.executable, "-m", "tvmdeploy.cli"]
-    proc = subprocess.run([*command, "run", str(digits_artifact), "--random-inputs"], capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "TVM_USE_RUNTIME_LIB"}  # thin by default
+    proc = subprocess.run(
+        [*command, "run", str(digits_artifact), "--random-inputs"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     assert "output logits" in proc.stdout
+    # The process that ran the model mapped TVM's runtime library and not its compiler.
+    assert "TVM libraries in this process: libtvm_runtime\n" in proc.stdout
 
 
 def test_bad_inputs_get_one_clear_line(capsys, tmp_path, digits_artifact, digits):

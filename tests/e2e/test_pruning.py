@@ -184,7 +184,9 @@ def test_magnitude_half_the_weights_shrinks_the_artifact(tmp_path, model_path, i
     dense = pruning["before"]["weight_bytes"]
     stored = (result.artifact_dir / "weights.npz").stat().st_size
     assert stored <= 0.6 * dense  # the target: >= 40 % fewer weight bytes
-    assert pruning["accuracy"]["output_sqnr_db"][0] is not None
+    # The zeros change the outputs (finite SQNR) without wrecking them; the exact numbers
+    # are checked against ONNX Runtime with the same zeros below.
+    assert 0 < pruning["accuracy"]["output_sqnr_db"][0] < float("inf")
     arrays = read_weights(result.artifact_dir / "weights.npz")
     layers = pruning["layers"]
     assert abs(sum(r["zeros"] for r in layers) / sum(r["weights"] for r in layers) - 0.5) < 1e-3

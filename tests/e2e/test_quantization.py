@@ -7,20 +7,11 @@ import sys
 
 import numpy as np
 import pytest
-import tvm
 from conftest import MODELS, ort_run
-from tvm import relax
 
 from tvmdeploy import compile_model, load
 from tvmdeploy.compiler.calibration import sqnr_db
 from tvmdeploy.data import DIGITS_CALIBRATION, DIGITS_CNN, DIGITS_TEST
-from tvmdeploy.compiler.host_eval import HostModel
-from tvmdeploy.compiler.passes.quantize_int8 import (
-    FoldBiasIntoInt32,
-    QuantizeLayersInt8,
-    QuantizeWeightsInt8,
-    quantize_weight,
-)
 from tvmdeploy.compiler.quantization import (
     Int8Static,
     Int8WeightOnly,
@@ -30,77 +21,6 @@ from tvmdeploy.compiler.quantization import (
 
 rng = np.random.default_rng(0)
 W = rng.standard_normal((16, 8)).astype("float32")
-
-
-def _function(body, shape=(1, 16)) -> tvm.IRModule:
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(shape, "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(body(bb, x))
-        bb.emit_func_output(out)
-    return bb.get()
-
-
-def test_quantize_weight_is_symmetric_per_output_channel():
-    q, scale = quantize_weight(W, out_axis=1)
-    assert q.dtype == np.int8 and scale.shape == (1, 8)
-    assert np.all(np.abs(q).max(axis=0) == 127)  # every channel uses its full range
-    assert np.max(np.abs(q * scale - W)) <= scale.max() / 2 + 1e-7
-
-
-def test_weight_only_pass_replaces_the_weight_with_an_int8_decode():
-    q, scale = quantize_weight(W, out_axis=1)
-
-    def before(bb, x):
-        return relax.op.matmul(x, relax.const(W))
-
-    def expected(bb, x):
-        decoded = relax.op.multiply(relax.op.astype(relax.const(q), "float32"), relax.const(scale))
-        return relax.op.matmul(x, decoded)
-
-    tvm.ir.assert_structural_equal(QuantizeWeightsInt8()(_function(before)), _function(expected))
-
-
-def test_static_pass_computes_int8_by_int8_into_int32():
-    q, s_w = quantize_weight(W, out_axis=1)
-    s_x = 0.05
-
-    def before(bb, x):
-        return relax.op.matmul(x, relax.const(W))
-
-    def expected(bb, x):
-        xq = relax.op.astype(relax.op.clip(relax.op.round(relax.op.divide(x, relax.const(np.float32(s_x)))), -128, 127), "int8")
-        acc = relax.op.matmul(xq, relax.const(q), out_dtype="int32")
-        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const((s_x * s_w).reshape(-1).astype("float32")))
-
-    tvm.ir.assert_structural_equal(QuantizeLayersInt8({"matmul_0": s_x})(_function(before)), _function(expected))
-
-
-def test_bias_joins_the_int32_accumulator():
-    q, s_w = quantize_weight(W, out_axis=1)
-    s_x = 0.05
-    rescale = (s_x * s_w).reshape(-1).astype("float32")
-    bias = rng.standard_normal(8).astype("float32")
-    correction = rng.integers(-1000, 1000, 8).astype("int32")  # e.g. the packed kernels' zero-point term
-
-    def quantized(bb, x, folded=False):
-        xq = relax.op.astype(x, "int8")
-        acc = relax.op.matmul(xq, relax.const(q), out_dtype="int32")
-        if folded:
-            steps = correction + np.round(bias.astype(np.float64) / rescale.astype(np.float64)).astype(np.int32)
-            return relax.op.multiply(relax.op.astype(relax.op.add(acc, relax.const(steps)), "float32"), relax.const(rescale))
-        acc = relax.op.add(acc, relax.const(correction))
-        return relax.op.add(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(rescale)), relax.const(bias))
-
-    before = _function(quantized)
-    after = FoldBiasIntoInt32()(before)
-    tvm.ir.assert_structural_equal(after, _function(lambda bb, x: quantized(bb, x, folded=True)))
-    # Same numbers up to half an accumulator step per channel.
-    x = rng.integers(-128, 128, (1, 16)).astype(np.float32)
-    exact = HostModel(before, "test").run([[x]])[0][0]
-    folded = HostModel(after, "test").run([[x]])[0][0]
-    assert np.all(np.abs(exact - folded) <= rescale / 2 + 1e-5)
 
 
 def _top1(model, images):
@@ -116,7 +36,12 @@ def test_digits_int8_static_keeps_accuracy_and_shrinks_weights(tmp_path):
     report = result.manifest.extra["quantization"]
     assert report["accuracy"]["output_sqnr_db"][0] >= 20
     assert report["after"]["weight_bytes"] <= 0.3 * report["before"]["weight_bytes"]
-    assert "QuantizeLayersInt8" in result.manifest.passes
+    # The manifest lists what ran, in order: NHWC for the packed kernels, then int8, then
+    # the bias folded into the int32 accumulator.
+    shrink = [p for p in result.manifest.passes if p in ("ConvertLayout", "QuantizeLayersInt8", "FoldBiasIntoInt32")]
+    assert shrink == (["ConvertLayout"] if report["kernels"]["packed"] else []) + ["QuantizeLayersInt8", "FoldBiasIntoInt32"]
+    assert result.manifest.passes == result.reports.passes()
+    assert result.reports.quantization.passes == [p for p in result.reports.quantization.passes if p in shrink + ["FoldConstant"]]
     assert all(db >= 30 for db in report["layer_sqnr_db"].values()) and report["kept_float"] == []
     int8 = load(result.artifact_dir)
     accuracy_fp32 = 100 * np.mean(_top1(fp32, test["image"]) == test["label"])
@@ -154,6 +79,11 @@ def test_layers_below_the_sqnr_floor_stay_float(tmp_path):
     report = result.manifest.extra["quantization"]
     assert report["kept_float"] == sorted(report["layers"])
     assert report["accuracy"]["output_sqnr_db"] == [None]  # identical outputs: infinite SQNR
+    # Nothing was quantized, so no quantization pass is listed.
+    assert report["passes"] == []
+    assert not {"ConvertLayout", "QuantizeLayersInt8", "FoldBiasIntoInt32"} & set(result.manifest.passes)
+    fp32 = compile_model(DIGITS_CNN, output_dir=tmp_path / "fp32").manifest
+    assert result.manifest.passes == fp32.passes
 
 
 def test_spec_parsing_and_clear_errors(tmp_path):

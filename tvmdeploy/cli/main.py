@@ -7,7 +7,6 @@ exits 2 and says how to get the traceback (--debug).
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
@@ -27,10 +26,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so staging folders are removed.
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    if args.command in ("run", "inspect"):
-        # The deployment path: load only TVM's runtime library, never the compiler.
-        if "tvm" not in sys.modules:
-            os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     try:
         return args.handler(args) or 0
     except BaseException as e:
@@ -422,6 +417,10 @@ def _cmd_run(args) -> int:
             f"({', '.join(s.describe() for s in model.inputs)}), an .npz with all of them, or --random-inputs"
         )
     outputs = model(**inputs)
+    if remote is None:
+        from ..runtime.tvm_library import mapped_tvm_libraries
+
+        print(f"TVM libraries in this process: {', '.join(mapped_tvm_libraries()) or 'none'}")
     for spec, out in zip(model.outputs, outputs):
         flat = out.reshape(-1)
         summary = f"min {flat.min():.6g}  max {flat.max():.6g}  mean {flat.mean():.6g}" if flat.size else "empty"

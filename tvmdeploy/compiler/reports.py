@@ -108,6 +108,8 @@ class PassLog(list):
     """The names of the passes a stage ran, taken from the passes themselves as they run."""
 
     def run(self, tvm_pass, mod):
-        out = tvm_pass(mod)
+        from .passes.carry import apply_pass
+
+        out = apply_pass(tvm_pass, mod)
         self.append(str(tvm_pass.info.name))
         return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 _log = logging.getLogger("tvmdeploy.runtime")
 _ENV = "TVM_USE_RUNTIME_LIB"
@@ -33,6 +34,19 @@ def import_tvm():
     import tvm.runtime.vm  # noqa: F401  (registers the VM on the runtime-only path)
 
     return tvm
+
+
+def mapped_tvm_libraries() -> list[str]:
+    """Which of TVM's libraries this process has mapped, read from /proc/self/maps
+    (libtvm_runtime, libtvm_compiler); from TVM's own flag where /proc is absent."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        base = sys.modules.get("tvm.base")
+        if base is None:
+            return []
+        return ["libtvm_runtime"] + ([] if getattr(base, "_RUNTIME_ONLY", True) else ["libtvm_compiler"])
+    return [name for name in ("libtvm_runtime", "libtvm_compiler") if name in maps]
 
 
 def compiler_mapped() -> bool:

@@ -198,176 +198,221 @@ def analyze_channels(mod) -> ChannelGraph:
     """mod: an IRModule (its main function) or a Relax function."""
     func = main_function(mod)
     bindings = bindings_of(func)
-    uf = _UnionFind()
-    blocked: dict[int, str] = {}
-    states: dict = {}
-    layers: list[Layer] = []
-    producers: dict[int, Layer] = {}  # group id (before union) -> producer
-    consumers: list[tuple[Layer, ChannelState]] = []
-    counts: dict = {}
-
-    def block(state: ChannelState | None, reason: str) -> None:
-        if state is None:
-            return
-        for g in state.groups:
-            blocked.setdefault(g, reason)
-
-    def state_of(expr) -> ChannelState | None:
-        return states.get(expr) if isinstance(expr, relax.Var) else None
-
+    walk = _ChannelWalk()
     for index, binding in enumerate(bindings):
-        value, var = binding.value, binding.var
-        if not isinstance(binding, relax.VarBinding):
-            continue
-        if isinstance(value, relax.Var):  # an alias (y = x)
-            if value in states:
-                states[var] = states[value]
-            continue
-        if isinstance(value, relax.Tuple):
-            for f in value.fields:
-                block(state_of(f), "packed into a tuple")
-            continue
-        if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
-            for arg in getattr(value, "args", []) if isinstance(value, relax.Call) else []:
-                block(state_of(arg), "passed to a function call")
-            continue
-        op = value.op.name
-        args = list(value.args)
-        in_state = state_of(args[0]) if args else None
-        out_shape = static_shape(var)
-        layer = layer_of_call(value, index, counts)
-        out: ChannelState | None = None
-
-        if layer is not None:
-            layer.var = var
-            layers.append(layer)
-            for extra in args[2:]:
-                block(state_of(extra), f"extra argument of {layer.name}")
-            if in_state is not None:
-                ndim = len(static_shape(args[0]))
-                channel_axis = layer.data_axis % ndim
-                if in_state.axis == channel_axis:
-                    consumers.append((layer, in_state))
-                else:
-                    block(in_state, f"{layer.name} reads a non-channel axis")
-            gid = len(producers)
-            producers[gid] = layer
-            uf.add(gid)
-            out_axis = layer.data_axis % len(out_shape)
-            out = ChannelState(out_axis, ((gid, layer.channels, 1),))
-            if layer.layout == "NHWC":
-                blocked.setdefault(gid, "NHWC layout (pruning rewrites NCHW graphs)")
-        elif op == "relax.nn.conv2d" and _is_depthwise(value):
-            if in_state is not None and in_state.axis == 1:
-                out = in_state  # channel c in -> channel c out
-            else:
-                block(in_state, "depthwise conv on a non-channel axis")
-        elif op in UNARY:
-            out = in_state
-        elif op in POOL:
-            if in_state is not None:
-                if in_state.axis == 1 and value.attrs.layout == "NCHW" and value.attrs.out_layout in ("", "NCHW"):
-                    out = in_state
-                else:
-                    block(in_state, f"{op} in another layout")
-        elif op in BINARY:
-            a, b = args
-            sa, sb = state_of(a), state_of(b)
-            if sa is not None and sb is not None:
-                if sa.axis == sb.axis and _same_layout(sa, sb):
-                    for (ga, _, _), (gb, _, _) in zip(sa.segments, sb.segments):
-                        if ga is not None and gb is not None:
-                            uf.union(ga, gb)
-                        elif ga is not None or gb is not None:
-                            blocked.setdefault(ga if ga is not None else gb, f"{op} with channels another layer keeps")
-                    out = sa
-                else:
-                    block(sa, f"{op} of tensors with different channel layouts")
-                    block(sb, f"{op} of tensors with different channel layouts")
-            elif sa is not None or sb is not None:
-                labeled, other = (sa, b) if sa is not None else (sb, a)
-                labeled_expr = a if sa is not None else b
-                if _broadcasts_per_channel(other, labeled_expr, labeled.axis):
-                    out = labeled
-                elif isinstance(other, tvm.ir.GenericConst):
-                    block(labeled, f"{op} with a constant that is not per-channel")
-                else:
-                    block(labeled, f"{op} with a tensor whose channels no prunable layer owns (a residual from the input?)")
-        elif op == "relax.reshape" and in_state is not None:
-            out = _flatten_state(in_state, static_shape(args[0]), out_shape)
-            if out is None:
-                block(in_state, "a reshape that splits or moves the channel axis")
-        elif op == "relax.concat":
-            fields = list(args[0].fields) if isinstance(args[0], relax.Tuple) else None
-            if fields is None:
-                block(in_state, "concat of a tuple variable")
-            else:
-                field_states = [state_of(f) for f in fields]
-                if any(s is not None for s in field_states):
-                    axis = int(value.attrs.axis)
-                    ndim = len(out_shape)
-                    axis = axis + ndim if axis < 0 else axis
-                    if all(s is None or s.axis == axis for s in field_states):
-                        segments = []
-                        for f, s in zip(fields, field_states):
-                            segments.extend(s.segments if s is not None else ((None, static_shape(f)[axis], 1),))
-                        out = ChannelState(axis, tuple(segments))
-                    else:
-                        for s in field_states:
-                            block(s, "concat along another axis")
-        elif op in REDUCE and in_state is not None:
-            axes = value.attrs.axis
-            ndim = len(static_shape(args[0]))
-            reduced = {int(a) + ndim if int(a) < 0 else int(a) for a in axes} if axes is not None else set(range(ndim))
-            if in_state.axis not in reduced and all(a > in_state.axis for a in reduced):
-                out = in_state
-            else:
-                block(in_state, f"{op} over the channel axis")
-        else:
-            for arg in args:
-                if isinstance(arg, relax.Tuple):
-                    for f in arg.fields:
-                        block(state_of(f), f"used by {op}")
-                else:
-                    block(state_of(arg), f"used by {op}")
-        if out is not None:
-            states[var] = out
-
+        if isinstance(binding, relax.VarBinding):
+            walk.visit(index, binding.var, binding.value)
     # Whatever the function returns keeps its shape.
     ret = func.body.body
     for expr in ret.fields if isinstance(ret, relax.Tuple) else [ret]:
-        block(state_of(expr), "its channels reach a model output")
+        walk.block(walk.state_of(expr), "its channels reach a model output")
+    return walk.graph(bindings)
 
-    groups_by_root: dict[int, Group] = {}
-    for gid in sorted(producers):
-        root = uf.find(gid)
-        group = groups_by_root.setdefault(root, Group(id=len(groups_by_root)))
-        group.producers.append(producers[gid])
-    for gid, reason in blocked.items():
-        group = groups_by_root[uf.find(gid)]
-        group.blocked = group.blocked or reason
-    for layer, state in consumers:
-        for root in {uf.find(g) for g in state.groups}:
-            groups_by_root[root].consumers.append(Consumer(layer, state))
-    for group in groups_by_root.values():
-        if group.blocked is None and len({p.channels for p in group.producers}) != 1:
-            group.blocked = "coupled layers with different channel counts"
-        if group.blocked is None and not group.consumers:
-            group.blocked = "no layer consumes its channels"
-    # Canonicalize: the root id -> group mapping must survive the union-find.
-    canonical = {gid: groups_by_root[uf.find(gid)].id for gid in producers}
-    states = {
-        var: ChannelState(s.axis, tuple((canonical.get(g) if g is not None else None, n, r) for g, n, r in s.segments))
-        for var, s in states.items()
-    }
-    for group in groups_by_root.values():
-        for consumer in group.consumers:
-            consumer.state = ChannelState(
-                consumer.state.axis,
-                tuple((canonical.get(g) if g is not None else None, n, r) for g, n, r in consumer.state.segments),
-            )
-    groups = sorted(groups_by_root.values(), key=lambda g: g.id)
-    return ChannelGraph(layers, groups, states, bindings)
+
+class _ChannelWalk:
+    """One pass over main's bindings: which tensor axis carries whose channels.
+
+    Every op kind has a handler (`_HANDLERS`, by op name) that maps its input's channel
+    state to its output's, or blocks the channel groups it cannot carry (with why)."""
+
+    def __init__(self):
+        self.uf = _UnionFind()
+        self.blocked: dict[int, str] = {}
+        self.states: dict = {}
+        self.layers: list[Layer] = []
+        self.producers: dict[int, Layer] = {}  # group id (before union) -> producer
+        self.consumers: list[tuple[Layer, ChannelState]] = []
+        self.counts: dict = {}
+
+    def block(self, state: ChannelState | None, reason: str) -> None:
+        for g in state.groups if state is not None else ():
+            self.blocked.setdefault(g, reason)
+
+    def state_of(self, expr) -> ChannelState | None:
+        return self.states.get(expr) if isinstance(expr, relax.Var) else None
+
+    def visit(self, index: int, var, value) -> None:
+        if isinstance(value, relax.Var):  # an alias (y = x)
+            if value in self.states:
+                self.states[var] = self.states[value]
+            return
+        if isinstance(value, relax.Tuple):
+            for f in value.fields:
+                self.block(self.state_of(f), "packed into a tuple")
+            return
+        if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
+            for arg in value.args if isinstance(value, relax.Call) else []:
+                self.block(self.state_of(arg), "passed to a function call")
+            return
+        layer = layer_of_call(value, index, self.counts)
+        if layer is not None:
+            out = self._layer(layer, var, value)
+        else:
+            handler = _HANDLERS.get(value.op.name, _ChannelWalk._other)
+            out = handler(self, value, var)
+        if out is not None:
+            self.states[var] = out
+
+    def _layer(self, layer: Layer, var, call) -> ChannelState:
+        """conv2d / matmul with a constant weight: consumes channels, produces a new group."""
+        args = list(call.args)
+        layer.var = var
+        self.layers.append(layer)
+        for extra in args[2:]:
+            self.block(self.state_of(extra), f"extra argument of {layer.name}")
+        in_state = self.state_of(args[0])
+        if in_state is not None:
+            channel_axis = layer.data_axis % len(static_shape(args[0]))
+            if in_state.axis == channel_axis:
+                self.consumers.append((layer, in_state))
+            else:
+                self.block(in_state, f"{layer.name} reads a non-channel axis")
+        gid = len(self.producers)
+        self.producers[gid] = layer
+        self.uf.add(gid)
+        out_shape = static_shape(var)
+        if layer.layout == "NHWC":
+            self.blocked.setdefault(gid, "NHWC layout (pruning rewrites NCHW graphs)")
+        return ChannelState(layer.data_axis % len(out_shape), ((gid, layer.channels, 1),))
+
+    def _conv2d(self, call, var) -> ChannelState | None:
+        in_state = self.state_of(call.args[0])
+        if _is_depthwise(call) and in_state is not None and in_state.axis == 1:
+            return in_state  # depthwise: channel c in -> channel c out
+        if _is_depthwise(call):
+            self.block(in_state, "depthwise conv on a non-channel axis")
+            return None
+        return self._other(call, var)
+
+    def _unary(self, call, var) -> ChannelState | None:
+        return self.state_of(call.args[0])
+
+    def _pool(self, call, var) -> ChannelState | None:
+        in_state = self.state_of(call.args[0])
+        if in_state is None:
+            return None
+        if in_state.axis == 1 and call.attrs.layout == "NCHW" and call.attrs.out_layout in ("", "NCHW"):
+            return in_state
+        self.block(in_state, f"{call.op.name} in another layout")
+        return None
+
+    def _binary(self, call, var) -> ChannelState | None:
+        op, (a, b) = call.op.name, call.args
+        sa, sb = self.state_of(a), self.state_of(b)
+        if sa is not None and sb is not None:
+            return self._join(op, sa, sb)
+        if sa is None and sb is None:
+            return None
+        labeled, other, labeled_expr = (sa, b, a) if sa is not None else (sb, a, b)
+        if _broadcasts_per_channel(other, labeled_expr, labeled.axis):
+            return labeled
+        if isinstance(other, tvm.ir.GenericConst):
+            self.block(labeled, f"{op} with a constant that is not per-channel")
+        else:
+            self.block(labeled, f"{op} with a tensor whose channels no prunable layer owns (a residual from the input?)")
+        return None
+
+    def _join(self, op: str, sa: ChannelState, sb: ChannelState) -> ChannelState | None:
+        """Two channel-carrying tensors meet (a residual add): their groups prune together."""
+        if not (sa.axis == sb.axis and _same_layout(sa, sb)):
+            self.block(sa, f"{op} of tensors with different channel layouts")
+            self.block(sb, f"{op} of tensors with different channel layouts")
+            return None
+        for (ga, _, _), (gb, _, _) in zip(sa.segments, sb.segments):
+            if ga is not None and gb is not None:
+                self.uf.union(ga, gb)
+            elif ga is not None or gb is not None:
+                self.blocked.setdefault(ga if ga is not None else gb, f"{op} with channels another layer keeps")
+        return sa
+
+    def _reshape(self, call, var) -> ChannelState | None:
+        in_state = self.state_of(call.args[0])
+        if in_state is None:
+            return None
+        out = _flatten_state(in_state, static_shape(call.args[0]), static_shape(var))
+        if out is None:
+            self.block(in_state, "a reshape that splits or moves the channel axis")
+        return out
+
+    def _concat(self, call, var) -> ChannelState | None:
+        if not isinstance(call.args[0], relax.Tuple):
+            self.block(self.state_of(call.args[0]), "concat of a tuple variable")
+            return None
+        fields = list(call.args[0].fields)
+        field_states = [self.state_of(f) for f in fields]
+        if all(s is None for s in field_states):
+            return None
+        ndim = len(static_shape(var))
+        axis = int(call.attrs.axis)
+        axis = axis + ndim if axis < 0 else axis
+        if any(s is not None and s.axis != axis for s in field_states):
+            for s in field_states:
+                self.block(s, "concat along another axis")
+            return None
+        segments = []
+        for f, s in zip(fields, field_states):
+            segments.extend(s.segments if s is not None else ((None, static_shape(f)[axis], 1),))
+        return ChannelState(axis, tuple(segments))
+
+    def _reduce(self, call, var) -> ChannelState | None:
+        in_state = self.state_of(call.args[0])
+        if in_state is None:
+            return None
+        axes, ndim = call.attrs.axis, len(static_shape(call.args[0]))
+        reduced = {int(a) + ndim if int(a) < 0 else int(a) for a in axes} if axes is not None else set(range(ndim))
+        if in_state.axis not in reduced and all(a > in_state.axis for a in reduced):
+            return in_state
+        self.block(in_state, f"{call.op.name} over the channel axis")
+        return None
+
+    def _other(self, call, var) -> None:
+        """An op no handler knows: whatever channels reach it are blocked."""
+        for arg in call.args:
+            for f in arg.fields if isinstance(arg, relax.Tuple) else [arg]:
+                self.block(self.state_of(f), f"used by {call.op.name}")
+        return None
+
+    def graph(self, bindings) -> ChannelGraph:
+        """Union-find roots -> groups, with their producers, consumers and why they are blocked."""
+        uf, producers = self.uf, self.producers
+        groups_by_root: dict[int, Group] = {}
+        for gid in sorted(producers):
+            group = groups_by_root.setdefault(uf.find(gid), Group(id=len(groups_by_root)))
+            group.producers.append(producers[gid])
+        for gid, reason in self.blocked.items():
+            group = groups_by_root[uf.find(gid)]
+            group.blocked = group.blocked or reason
+        for layer, state in self.consumers:
+            for root in {uf.find(g) for g in state.groups}:
+                groups_by_root[root].consumers.append(Consumer(layer, state))
+        for group in groups_by_root.values():
+            if group.blocked is None and len({p.channels for p in group.producers}) != 1:
+                group.blocked = "coupled layers with different channel counts"
+            if group.blocked is None and not group.consumers:
+                group.blocked = "no layer consumes its channels"
+        # Canonicalize: the root id -> group mapping must survive the union-find.
+        canonical = {gid: groups_by_root[uf.find(gid)].id for gid in producers}
+
+        def relabel(s: ChannelState) -> ChannelState:
+            return ChannelState(s.axis, tuple((canonical.get(g) if g is not None else None, n, r) for g, n, r in s.segments))
+
+        states = {var: relabel(s) for var, s in self.states.items()}
+        for group in groups_by_root.values():
+            for consumer in group.consumers:
+                consumer.state = relabel(consumer.state)
+        groups = sorted(groups_by_root.values(), key=lambda g: g.id)
+        return ChannelGraph(self.layers, groups, states, bindings)
+
+
+_HANDLERS = {
+    "relax.nn.conv2d": _ChannelWalk._conv2d,
+    "relax.reshape": _ChannelWalk._reshape,
+    "relax.concat": _ChannelWalk._concat,
+    **{op: _ChannelWalk._unary for op in UNARY},
+    **{op: _ChannelWalk._pool for op in POOL},
+    **{op: _ChannelWalk._binary for op in BINARY},
+    **{op: _ChannelWalk._reduce for op in REDUCE},
+}
 
 
 def _same_layout(a: ChannelState, b: ChannelState) -> bool:

@@ -21,6 +21,8 @@ from tvm.ir.transform import PassContext
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from tvm.relax.transform import function_pass
 
+from .carry import carries_errors
+
 _FOLDABLE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
 
 
@@ -44,6 +46,7 @@ class FoldConvChannelAffine:
                 alternative = alternative | is_op(op)(constant, producer)
             self.pattern = alternative if self.pattern is None else self.pattern | alternative
 
+    @carries_errors
     def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
         if "Primitive" in func.attrs.keys() and func.attrs["Primitive"] != 0:
             return func

@@ -15,6 +15,8 @@ from tvm import IRModule, relax
 from tvm.ir.transform import PassContext
 from tvm.relax.transform import function_pass
 
+from .carry import carries_errors
+
 _NOT_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -35,6 +37,7 @@ def identifier(name: str, taken: set[str]) -> str:
 
 @function_pass(opt_level=0)
 class IdentifierParamNames:
+    @carries_errors
     def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
         if all(is_identifier(p.name) for p in func.params):
             return func

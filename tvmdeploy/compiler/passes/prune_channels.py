@@ -24,6 +24,7 @@ from tvm.relax.transform import function_pass
 from ...errors import BuildError
 from ..analysis.channels import BINARY, analyze_channels, constant_array, kept_indices
 from ..analysis.layer_calls import is_primitive
+from .carry import carries_errors
 
 
 @function_pass(opt_level=0)
@@ -34,6 +35,7 @@ class PruneChannels:
     def __init__(self, keep: Mapping[str, Sequence[int]]):
         self.keep = {name: np.asarray(sorted(int(c) for c in channels), dtype=np.int64) for name, channels in keep.items()}
 
+    @carries_errors
     def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
         if is_primitive(func):
             return func

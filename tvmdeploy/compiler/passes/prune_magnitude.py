@@ -15,6 +15,7 @@ from tvm.relax.transform import function_pass
 
 from ...errors import BuildError
 from ..analysis.layer_calls import is_primitive, rewrite_layer_calls
+from .carry import carries_errors
 
 
 def magnitude_masks(
@@ -57,6 +58,7 @@ class PruneMagnitude:
     def __init__(self, masks: Mapping[str, np.ndarray]):
         self.masks = dict(masks)
 
+    @carries_errors
     def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
         if is_primitive(func):
             return func

@@ -23,6 +23,8 @@ from tvm.ir.transform import PassContext, module_pass
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from tvm.relax.transform import function_pass
 
+from ..analysis.channels import static_shape
+from ..analysis.layer_calls import is_primitive, rewrite_layer_calls
 from ..kernels.int8_packed import (
     PackedInt8,
     conv2d_eligible,
@@ -33,8 +35,7 @@ from ..kernels.int8_packed import (
     pack_dense_weight,
     zero_point_correction,
 )
-from ..analysis.channels import static_shape
-from ..analysis.layer_calls import is_primitive, rewrite_layer_calls
+from .carry import carries_errors
 
 
 def quantize_weight(
@@ -63,6 +64,7 @@ class QuantizeWeightsInt8:
         self.layers = None if layers is None else set(layers)
         self.per_channel = per_channel
 
+    @carries_errors
     def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
         if is_primitive(func):
             return func
@@ -112,6 +114,7 @@ class QuantizeLayersInt8:
         # Default: what the packed kernels' instruction allows (127 without them).
         self.weight_max = weight_max or (packed.weight_max if packed is not None else 127)
 
+    @carries_errors
     def transform_module(self, mod: IRModule, ctx: PassContext) -> IRModule:
         kernels = relax.BlockBuilder()  # gives the new kernels' GlobalVars their types
         functions = {}
@@ -193,6 +196,7 @@ class FoldBiasIntoInt32:
     accumulator step (s_x * s_w / 2), far below int8's own rounding noise.
     """
 
+    @carries_errors
     def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
         if is_primitive(func):
             return func
