@@ -349,16 +349,12 @@ def metaschedule_alloc_from_host(session, device, args_info, alloc_repeat):
     import numpy as np
     from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
 
+    from ..runtime.inputs import random_array
+
     rng = np.random.default_rng(0)
 
     def fill(tensor) -> None:
-        dtype = np.dtype(str(tensor.dtype))
-        shape = tuple(int(d) for d in tensor.shape)
-        if dtype.kind == "f":
-            values = rng.uniform(-1.0, 1.0, shape).astype(dtype)
-        else:
-            values = rng.integers(0, 2, shape).astype(dtype)
-        tensor.copyfrom(values)
+        tensor.copyfrom(random_array(tensor.shape, tensor.dtype, rng))
 
     return alloc_argument_common(fill, device, args_info, alloc_repeat)
 

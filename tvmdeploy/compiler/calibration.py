@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TvmDeployError
+from ..runtime.inputs import random_inputs
 
 
 class CalibrationError(TvmDeployError):
@@ -78,8 +79,7 @@ def load_calibration(path: str | Path, inputs) -> Calibration:
 
 
 def random_calibration(inputs, count: int = RANDOM_SAMPLES) -> Calibration:
-    rng = np.random.default_rng(0)
-    samples = [[rng.standard_normal(s.shape).astype(s.dtype) for s in inputs] for _ in range(count)]
+    samples = [random_inputs(inputs, seed) for seed in range(count)]
     return Calibration("random inputs", samples, None)
 
 
@@ -87,8 +87,6 @@ def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
     noise = np.linalg.norm((reference - actual).astype(np.float64))
     signal = np.linalg.norm(reference.astype(np.float64))
     return float("inf") if noise == 0 else float(20 * np.log10(signal / noise)) if signal > 0 else float("-inf")
-
-
 
 
 def top1(runs) -> np.ndarray:

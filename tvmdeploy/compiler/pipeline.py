@@ -298,6 +298,7 @@ def _measured_ms(library: Path, preset, inputs, weights=None) -> float | None:
     import numpy as np
 
     from . import _tvm
+    from ..runtime.inputs import random_inputs
     from ..runtime.loader import machine_arch
 
     if preset.device != "cpu" or preset.arch != machine_arch() or library.suffix != ".so":
@@ -305,8 +306,7 @@ def _measured_ms(library: Path, preset, inputs, weights=None) -> float | None:
     tvm = _tvm.tvm
     device = tvm.cpu()
     vm = _tvm.relax.VirtualMachine(tvm.runtime.load_module(str(library)), device)
-    rng = np.random.default_rng(0)
-    args = [tvm.runtime.tensor(rng.standard_normal(s.shape).astype(s.dtype), device) for s in inputs]
+    args = [tvm.runtime.tensor(a, device) for a in random_inputs(inputs)]
     args += [tvm.runtime.tensor(w, device) for w in weights or []]
     timer = vm.time_evaluator("main", device, number=3, repeat=5)
     return round(float(np.median(timer(*args).results)) * 1e3, 6)

@@ -22,6 +22,7 @@ from .devices import require_cuda
 from ..errors import ArtifactError, InputMismatchError
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, TensorSpec, sha256_file
 from .weights_file import read_weights
+from .inputs import random_inputs
 from .tvm_library import import_tvm
 
 __all__ = ["LoadedModel", "load", "read_manifest"]
@@ -194,17 +195,7 @@ class LoadedModel:
 
     def random_inputs(self, seed: int = 0) -> list[np.ndarray]:
         """One set of inputs with the expected names, shapes and dtypes."""
-        rng = np.random.default_rng(seed)
-        arrays = []
-        for spec in self.inputs:
-            dtype = np.dtype(spec.dtype)
-            if dtype.kind == "f":
-                arrays.append(rng.standard_normal(spec.shape).astype(dtype))
-            elif dtype.kind == "b":
-                arrays.append(rng.integers(0, 2, spec.shape).astype(dtype))
-            else:
-                arrays.append(rng.integers(0, 10, spec.shape).astype(dtype))
-        return arrays
+        return random_inputs(self.inputs, seed)
 
     def time(self, inputs: Sequence[np.ndarray], warmup: int = 3, repeat: int = 20) -> list[float]:
         """Wall-clock seconds of `repeat` runs after `warmup` runs, inputs already on the device."""
