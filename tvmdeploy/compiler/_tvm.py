@@ -29,6 +29,7 @@ from tvm.target import codegen as _llvm_codegen
 TVM_VERSION: str = tvm.__version__
 
 PrimFunc = tirx.PrimFunc
+TIR_EXP_OP = "tirx.exp"  # the TIR op name MetaSchedule's rules may be told to avoid
 METASCHEDULE_LOGGER = "tvm.s_tir.meta_schedule"
 # Set on a PrimFunc once a schedule (tuned or default) has been applied to it.
 _SCHEDULED_ATTR = "tirx.is_scheduled"
@@ -379,6 +380,7 @@ __all__ = [
     "DeadlineSearch",
     "METASCHEDULE_LOGGER",
     "PrimFunc",
+    "TIR_EXP_OP",
     "T",
     "TensorIntrin",
     "is_scheduled",

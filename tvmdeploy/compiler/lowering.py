@@ -22,8 +22,7 @@ LOWERING_PASSES = (
 def lower(mod: tvm.ir.IRModule) -> tuple[tvm.ir.IRModule, LoweringReport]:
     """The graph as fused kernels, and the report naming the passes run."""
     ran = PassLog()
-    for make_pass in LOWERING_PASSES:
-        mod = ran.run(make_pass(), mod)
+    mod = ran.run_all(LOWERING_PASSES, mod, "lowering")
     kernels = sum(1 for _, func in mod.functions_items() if isinstance(func, _tvm.PrimFunc))
     return mod, LoweringReport(passes=list(ran), kernels=kernels)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from ..errors import BuildError, summarize_exception
 from .passes import FoldConvChannelAffine, IdentifierParamNames
 from .reports import GraphReport, PassLog
 
@@ -39,10 +38,5 @@ GRAPH_PASSES = (
 def optimize_graph(mod: tvm.ir.IRModule) -> tuple[tvm.ir.IRModule, GraphReport]:
     """Run the graph passes; return the module and the report naming the passes run."""
     ran = PassLog()
-    for make_pass in GRAPH_PASSES:
-        graph_pass = make_pass()
-        try:
-            mod = ran.run(graph_pass, mod)
-        except Exception as e:
-            raise BuildError(f"graph pass {graph_pass.info.name} failed: {summarize_exception(e)}") from e
+    mod = ran.run_all(GRAPH_PASSES, mod, "graph")
     return mod, GraphReport(passes=list(ran))

@@ -113,3 +113,17 @@ class PassLog(list):
         out = apply_pass(tvm_pass, mod)
         self.append(str(tvm_pass.info.name))
         return out
+
+    def run_all(self, make_passes, mod, stage: str):
+        """Each pass factory in order; a failure is one BuildError naming the stage and pass."""
+        from ..errors import BuildError, TvmDeployError, summarize_exception
+
+        for make_pass in make_passes:
+            tvm_pass = make_pass()
+            try:
+                mod = self.run(tvm_pass, mod)
+            except TvmDeployError:
+                raise
+            except Exception as e:
+                raise BuildError(f"{stage} pass {tvm_pass.info.name} failed: {summarize_exception(e)}") from e
+        return mod

@@ -32,7 +32,7 @@ is the saturating pair sum, bit for bit (see tests/test_x86_intrin.py).
 
 from __future__ import annotations
 
-from .._tvm import T, TensorIntrin, ms
+from .._tvm import TIR_EXP_OP, T, TensorIntrin, ms
 
 AVX2_DOT_16x4_INTRIN = "tvmdeploy_dot_16x4_avx2"
 VNNI_DOT_16x4_INTRIN = "tvmdeploy_dot_16x4_vnni"
@@ -185,7 +185,7 @@ def int8_schedule_rules(intrin: str = AVX2_DOT_16x4_INTRIN) -> list[ms.schedule_
             disallow_if_then_else=True,
             require_injective=True,
             require_ordered=True,
-            disallow_op=["tirx.exp"],
+            disallow_op=[TIR_EXP_OP],
         ),
         sr.AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
         sr.MultiLevelTilingWithIntrin(
