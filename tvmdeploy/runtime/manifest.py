@@ -46,7 +46,7 @@ class Manifest:
     threads: int  # default runtime thread count (0: one per core)
     library: str  # file name of the shared library inside the artifact
     weights: str  # where the weights travel: "embedded" in the library, or a file name (weights.npz)
-    passes: list[str]  # graph passes applied, in order
+    passes: list[str]  # every pass the compile ran, in order (the stage reports joined)
     versions: dict[str, str]  # tvm, tvm-ffi, tvmdeploy, onnx
     build_seconds: float
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
