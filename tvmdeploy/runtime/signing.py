@@ -132,6 +132,8 @@ def verify_manifest_signature(folder: Path, trusted_keys: Iterable[KeySource]) -
     Runs before any file of the artifact is hashed or loaded.
     """
     folder = Path(folder)
+    if isinstance(trusted_keys, (str, bytes, os.PathLike)):  # one key, not a list of them
+        trusted_keys = [trusted_keys]
     keys = [load_public_key(k) for k in trusted_keys]
     if not keys:
         raise SignatureError("trusted_keys is empty: give at least one public key, or None to skip signature checks")
