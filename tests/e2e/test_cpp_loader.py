@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import random_inputs, randomized_light_model
+
 from tvmdeploy.compiler.signing import keygen, sign_artifact
 from tvmdeploy.runtime import load
 
@@ -67,6 +69,26 @@ def test_cpp_loader_matches_the_python_loader_bit_for_bit(cpp_loader, digits_art
         assert got.dtype == want.dtype and got.shape == want.shape
         assert got.tobytes() == want.tobytes()
         assert not list(out.glob("output_1.npy"))  # one output, as in the manifest
+
+
+def test_cpp_loader_matches_the_python_loader_on_light_squeezenet(cpp_loader, tmp_path):
+    """A real architecture (random weights, 1x3x224x224 -> 1000 logits), one run."""
+    from tvmdeploy import compile_model
+
+    path = randomized_light_model("squeezenet", tmp_path)
+    artifact = compile_model(path, "host", output_dir=tmp_path / "squeezenet").artifact_dir
+    feeds = random_inputs(path)
+    argv = []
+    for i, (name, array) in enumerate(feeds.items()):
+        np.save(tmp_path / f"in{i}.npy", array)
+        argv += ["--input", f"{name}={tmp_path / f'in{i}.npy'}"]
+    out = tmp_path / "out"
+    out.mkdir()
+    run = run_cpp(cpp_loader, artifact, *argv, "--save-outputs", out)
+    assert run.returncode == 0, run.stderr
+    (want,) = load(artifact)(**feeds)
+    got = np.load(out / "output_0.npy")
+    assert got.shape == want.shape and got.size == 1000 and got.tobytes() == want.tobytes()
 
 
 def test_cpp_loader_checks_signatures(cpp_loader, digits_artifact, tmp_path):
