@@ -167,3 +167,23 @@ def test_cli_pack_and_run(digits_artifact, tmp_path, capsys):
     assert code == 0 and (tmp_path / "digits-host.tvmd").is_file(), err
     code, out, err = main(["run", str(tmp_path / "digits-host.tvmd"), "--random-inputs", "--repeat", "0"]), *capsys.readouterr()
     assert code == 0 and "output" in out, err
+
+
+def test_cli_inspect_a_signed_bundle(digits_artifact, tmp_path, capsys, private_tmp):
+    folder = tmp_path / "digits"
+    shutil.copytree(digits_artifact, folder)
+    private, public = keygen(tmp_path / "key")
+    _, other = keygen(tmp_path / "other")
+    code, out, err = main(["inspect", str(pack(folder, tmp_path / "unsigned.tvmd"))]), *capsys.readouterr()
+    assert code == 0 and "signature: none (unsigned)" in out and "files verified" in out, err
+    sign_artifact(folder, private)
+    bundle = pack(folder, tmp_path / "signed.tvmd")
+    code, out, err = main(["inspect", str(bundle)]), *capsys.readouterr()
+    assert code == 0 and "present, not checked" in out, err
+    code, out, err = main(["inspect", str(bundle), "--trusted-key", str(public)]), *capsys.readouterr()
+    assert code == 0 and "verified against the trusted key" in out, err
+    code, out, err = main(["inspect", str(bundle), "--trusted-key", str(other)]), *capsys.readouterr()
+    assert code == 1 and "not among the trusted keys" in err and str(bundle) in err and len(err.strip().splitlines()) == 1, err
+    code, out, err = main(["run", str(bundle), "--rpc", "127.0.0.1:1", "--random-inputs"]), *capsys.readouterr()
+    assert code == 1 and "give the artifact folder" in err, err
+    assert list(private_tmp.iterdir()) == []

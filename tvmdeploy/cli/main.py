@@ -136,8 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_pack)
 
     p = sub.add_parser("inspect", help="show an artifact's manifest and verify its files")
-    p.add_argument("artifact", help="artifact folder")
+    p.add_argument("artifact", help="artifact folder (or .tvmd bundle)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("--trusted-key", action="append", default=[], metavar="PUB", help="also check its signature against this public key (repeatable)")
     p.set_defaults(handler=_cmd_inspect)
 
     p = sub.add_parser("bench", help="time an artifact against ONNX Runtime, interleaved in one process")
@@ -424,6 +425,12 @@ def _cmd_run(args) -> int:
     if remote is not None:
         from ..runtime.remote import load_remote
 
+        if Path(args.artifact).is_file():
+            raise UsageError(
+                f"--rpc/--tracker upload an artifact folder, and {args.artifact} is a file (a bundle?); "
+                f"give the artifact folder, or run the bundle here without --rpc/--tracker"
+            )
+
         if trusted:  # checked here, before anything is uploaded
             from ..runtime.signing import verify_manifest_signature
 
@@ -490,9 +497,28 @@ def _cmd_pack(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    from ..runtime.loader import read_manifest, verify_files
+    if Path(args.artifact).is_file():  # a bundle: inspect what it unpacks to
+        import shutil
 
-    manifest = read_manifest(args.artifact)
+        from ..runtime.bundle import unpack
+
+        folder = unpack(args.artifact)
+        try:
+            return _inspect_folder(args, folder)
+        except TvmDeployError as e:
+            raise type(e)(str(e).replace(str(folder), args.artifact)) from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return _inspect_folder(args, Path(args.artifact))
+
+
+def _inspect_folder(args, folder: Path) -> int:
+    from ..runtime.loader import read_manifest, verify_files
+    from ..runtime.signing import SIGNATURE_NAME, verify_manifest_signature
+
+    manifest = read_manifest(folder)
+    if args.trusted_key:
+        manifest = verify_manifest_signature(folder, args.trusted_key)
     if args.json:
         print(manifest.to_json(), end="")
     else:
@@ -507,9 +533,15 @@ def _cmd_inspect(args) -> int:
         print(f"  passes:  {', '.join(m.passes)}")
         print(f"  weights: {m.weights}; built in {m.build_seconds:.1f} s with " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
         for name in m.files:
-            size = (Path(args.artifact) / name).stat().st_size if (Path(args.artifact) / name).exists() else 0
+            size = (folder / name).stat().st_size if (folder / name).exists() else 0
             print(f"  file:    {name} ({size / 1e6:.2f} MB)")
-    verify_files(Path(args.artifact), manifest)
+        if args.trusted_key:
+            print(f"  signature: {SIGNATURE_NAME} verified against the trusted key(s)")
+        elif (folder / SIGNATURE_NAME).is_file():
+            print(f"  signature: {SIGNATURE_NAME} present, not checked (give --trusted-key PUB to check it)")
+        else:
+            print("  signature: none (unsigned)")
+    verify_files(folder, manifest)
     if not args.json:
         print("  files verified against the manifest's sha256")
     return 0
