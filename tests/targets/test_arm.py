@@ -323,8 +323,11 @@ def test_cpp_loader_cross_compiled_matches_the_python_loader_under_qemu(arm_boar
     the artifacts the emulated Python loader ran above: the same bits out."""
     import shutil
 
+    from tvmdeploy.board.provision import ensure_host_packages
+
     if shutil.which("cmake") is None:
         pytest.skip("building the C++ example needs cmake (not on PATH)")
+    ensure_host_packages()  # g++-aarch64-linux-gnu, for a board set up before it was on the list
     example = REPO / "examples" / "cpp"
     build = tmp_path / "build"
     configure = subprocess.run(
