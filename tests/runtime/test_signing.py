@@ -174,6 +174,30 @@ def test_verifying_without_a_crypto_library_names_the_extra(signed, keys):
     assert "tvmdeploy[sign]" in run.stdout and "pynacl" in run.stdout and len(run.stdout.strip().splitlines()) == 1
 
 
+def test_pynacl_alone_verifies_on_a_device(signed, keys):
+    """The small-device path: PyNaCl instead of cryptography, same verdicts."""
+    pytest.importorskip("nacl", reason="PyNaCl is in the test extra")
+    script = (
+        "import json, sys\n"
+        "sys.modules['cryptography'] = None\n"
+        "from tvmdeploy.runtime import load\n"
+        "from tvmdeploy.runtime.signing import SignatureError\n"
+        "model = load(sys.argv[1], trusted_keys=[sys.argv[2]])\n"
+        "open(sys.argv[1] + '/manifest.json', 'a').write(' ')\n"
+        "try:\n"
+        "    load(sys.argv[1], trusted_keys=[sys.argv[2]])\n"
+        "    print(json.dumps({'tampered': 'loaded'}))\n"
+        "except SignatureError as e:\n"
+        "    print(json.dumps({'tampered': str(e), 'nacl': 'nacl.signing' in sys.modules}))\n"
+    )
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-c", script, str(signed), str(keys["release"][1])],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["nacl"] is True and "signature does not match manifest.json" in result["tampered"], result
+
+
 def test_a_symlinked_manifest_is_refused_under_trusted_keys(signed, keys, tmp_path):
     outside = tmp_path / "elsewhere.json"
     shutil.move(signed / "manifest.json", outside)
