@@ -125,6 +125,9 @@ def test_signature_of_another_artifact_does_not_transfer(signed, digits_artifact
 
 def test_cli_compile_sign_and_run_with_trusted_keys(keys, tmp_path, capsys):
     private, public = keys["release"]
+    # A key that cannot sign fails before the compile, leaving nothing behind.
+    code, out, err = cli(capsys, "compile", MODELS / "mlp.onnx", "-o", tmp_path / "mlp", "--sign", public)
+    assert code == 1 and "not a PEM private key" in err and not (tmp_path / "mlp").exists(), err
     code, out, err = cli(capsys, "compile", MODELS / "mlp.onnx", "-o", tmp_path / "mlp", "--sign", private)
     assert code == 0, err
     assert (tmp_path / "mlp" / SIGNATURE_NAME).is_file() and "signed with" in out
