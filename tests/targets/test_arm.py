@@ -316,3 +316,48 @@ def test_int8_runs_sdot_kernels_on_an_emulated_cortex_a76(arm_board, tmp_path):
     # The same integers; float epilogues may round differently (FMA contraction on ARM).
     assert sqnr_db(here, on_board) >= 30
     assert np.mean(here.argmax(axis=1) == on_board.argmax(axis=1)) >= 0.98
+
+
+def test_cpp_loader_cross_compiled_matches_the_python_loader_under_qemu(arm_board, arm_artifacts, arm_models, emulated_outputs, tmp_path):
+    """examples/cpp cross-compiled against the board's aarch64 TVM wheels, run under qemu on
+    the artifacts the emulated Python loader ran above: the same bits out."""
+    import shutil
+
+    from tvmdeploy.board.provision import ensure_host_packages
+
+    if shutil.which("cmake") is None:
+        pytest.skip("building the C++ example needs cmake (not on PATH)")
+    ensure_host_packages()  # g++-aarch64-linux-gnu, for a board set up before it was on the list
+    example = REPO / "examples" / "cpp"
+    build = tmp_path / "build"
+    configure = subprocess.run(
+        ["cmake", "-S", str(example), "-B", str(build), f"-DCMAKE_TOOLCHAIN_FILE={example / 'aarch64-linux-gnu.cmake'}",
+         f"-DTVM_ROOT={arm_board.site / 'tvm'}", f"-DTVM_FFI_ROOT={arm_board.site / 'tvm_ffi'}",
+         "-DTVMDEPLOY_WITH_OPENSSL=OFF", "-DCMAKE_BUILD_TYPE=Release"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert configure.returncode == 0, configure.stdout[-2000:] + configure.stderr[-2000:]
+    compiled = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True, timeout=600)
+    assert compiled.returncode == 0, compiled.stdout[-3000:] + compiled.stderr[-3000:]
+    binary = build / "tvmdeploy_run"
+    assert _elf_machine(binary) == 183
+    needed = subprocess.run(["aarch64-linux-gnu-readelf", "-d", str(binary)], capture_output=True, text=True).stdout
+    assert "libtvm_runtime.so" in needed and "libtvm_ffi.so" in needed and "python" not in needed
+
+    _, python_outputs = emulated_outputs
+    for name, artifact in arm_artifacts.items():
+        argv = []
+        for input_name, array in random_inputs(arm_models[name]).items():
+            np.save(tmp_path / f"{name}-{len(argv)}.npy", array)
+            argv += ["--input", f"{input_name}={tmp_path / f'{name}-{len(argv)}.npy'}"]
+        out = tmp_path / f"{name}-out"
+        out.mkdir()
+        run = subprocess.run(
+            ["qemu-aarch64", "-cpu", "cortex-a72", "-L", str(arm_board.sysroot), str(binary), str(artifact), *argv,
+             "--save-outputs", str(out)],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        got = [np.load(out / f"output_{i}.npy") for i in range(len(python_outputs[name]))]
+        for g, want in zip(got, python_outputs[name]):
+            assert g.dtype == want.dtype and g.shape == want.shape and g.tobytes() == want.tobytes(), name

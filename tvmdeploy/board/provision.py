@@ -42,6 +42,7 @@ HOST_TOOLS = {
     "qemu-aarch64": "qemu-user",
     "mmdebstrap": "mmdebstrap",
     "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
+    "aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu",  # the C++ loader example, cross-compiled
 }
 # The cross linker needs the arm64 C runtime objects too ("cannot find crti.o" otherwise).
 HOST_FILES = {

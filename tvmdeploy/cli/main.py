@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-trials", type=int, default=None, metavar="N", help=f"tuning trials (implies --tune; default {DEFAULT_TRIALS})")
     _add_tuning_options(p)
     _add_shrink_options(p)
+    p.add_argument("--sign", metavar="KEY", help="sign the artifact with this Ed25519 private key (from `tvmdeploy keygen`)")
     p.set_defaults(handler=_cmd_compile)
 
     p = sub.add_parser("tune", help="tune a model's kernels for a target into the tuning cache")
@@ -113,12 +114,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: the artifact's)")
     p.add_argument("--repeat", type=int, default=10, help="timed runs for the latency figure (default 10)")
     p.add_argument("--save-outputs", metavar="FILE.npz", help="write the outputs to an .npz file")
+    p.add_argument(
+        "--trusted-key", action="append", default=[], metavar="PUB",
+        help="only run it if its manifest is signed by this public key (.pub from `tvmdeploy keygen`; repeatable)",
+    )
     _add_remote_options(p)
     p.set_defaults(handler=_cmd_run)
 
-    p = sub.add_parser("inspect", help="show an artifact's manifest and verify its files")
+    p = sub.add_parser("keygen", help="make an Ed25519 key pair for signing artifacts (KEY and KEY.pub)")
+    p.add_argument("key", help="private key file to write (its public key goes to KEY.pub)")
+    p.set_defaults(handler=_cmd_keygen)
+
+    p = sub.add_parser("sign", help="sign an artifact's manifest with an Ed25519 private key")
     p.add_argument("artifact", help="artifact folder")
+    p.add_argument("--key", required=True, help="private key file (from `tvmdeploy keygen`)")
+    p.set_defaults(handler=_cmd_sign)
+
+    p = sub.add_parser("pack", help="pack an artifact folder into one bundle file (.tvmd) that `run` and load() take")
+    p.add_argument("artifact", help="artifact folder")
+    p.add_argument("-o", "--output", help="bundle file (default: <artifact>.tvmd)")
+    p.set_defaults(handler=_cmd_pack)
+
+    p = sub.add_parser("inspect", help="show an artifact's manifest and verify its files")
+    p.add_argument("artifact", help="artifact folder (or .tvmd bundle)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("--trusted-key", action="append", default=[], metavar="PUB", help="also check its signature against this public key (repeatable)")
     p.set_defaults(handler=_cmd_inspect)
 
     p = sub.add_parser("bench", help="time an artifact against ONNX Runtime, interleaved in one process")
@@ -269,6 +289,7 @@ def _cmd_compile(args) -> int:
         prune=prune,
         quantize=quantize,
         calibration_data=args.calibration_data,
+        sign_key=args.sign,
     )
     m = result.manifest
     print(f"compiled {m.model_name} for {m.preset} ({m.arch}, {m.device}) in {m.build_seconds:.1f} s")
@@ -304,6 +325,8 @@ def _cmd_compile(args) -> int:
     print(f"  inputs:  {', '.join(s.describe() for s in m.inputs)}")
     print(f"  outputs: {', '.join(s.describe() for s in m.outputs)}")
     print(f"  artifact: {result.artifact_dir}")
+    if args.sign:
+        print(f"  signed with {args.sign} (manifest.sig)")
     print(f"run it with: tvmdeploy run {result.artifact_dir} --random-inputs")
     return 0
 
@@ -398,13 +421,24 @@ def _cmd_run(args) -> int:
     from ..runtime.loader import load, read_manifest
 
     remote = _remote(args)
+    trusted = args.trusted_key or None
     if remote is not None:
         from ..runtime.remote import load_remote
 
+        if Path(args.artifact).is_file():
+            raise UsageError(
+                f"--rpc/--tracker upload an artifact folder, and {args.artifact} is a file (a bundle?); "
+                f"give the artifact folder, or run the bundle here without --rpc/--tracker"
+            )
+
+        if trusted:  # checked here, before anything is uploaded
+            from ..runtime.signing import verify_manifest_signature
+
+            read_manifest(args.artifact)
+            verify_manifest_signature(Path(args.artifact), trusted)
         model = load_remote(args.artifact, rpc=remote.rpc, tracker=remote.tracker, key=remote.key, threads=args.threads)
     else:
-        device = args.device or read_manifest(args.artifact).device
-        model = load(args.artifact, device=device, threads=args.threads)
+        model = load(args.artifact, device=args.device, threads=args.threads, trusted_keys=trusted)
     if args.random_inputs:
         if args.input:
             raise UsageError("give either --input or --random-inputs, not both")
@@ -435,10 +469,56 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _cmd_inspect(args) -> int:
-    from ..runtime.loader import read_manifest, verify_files
+def _cmd_keygen(args) -> int:
+    from ..compiler.signing import keygen
 
-    manifest = read_manifest(args.artifact)
+    private, public = keygen(args.key)
+    print(f"private key: {private} (keep it secret; sign with `tvmdeploy sign ARTIFACT --key {private}`)")
+    print(f"public key:  {public} (give it to devices: `tvmdeploy run ARTIFACT --trusted-key {public}`)")
+    return 0
+
+
+def _cmd_sign(args) -> int:
+    from ..compiler.signing import sign_artifact
+
+    signature = sign_artifact(args.artifact, args.key)
+    print(f"signed {args.artifact}: {signature}")
+    return 0
+
+
+def _cmd_pack(args) -> int:
+    from ..runtime.bundle import BUNDLE_SUFFIX, pack
+
+    output = args.output or args.artifact.rstrip("/") + BUNDLE_SUFFIX
+    path = pack(args.artifact, output)
+    print(f"packed {args.artifact} into {path} ({path.stat().st_size:,} bytes)")
+    print(f"run it with: tvmdeploy run {path} --random-inputs")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    if Path(args.artifact).is_file():  # a bundle: inspect what it unpacks to
+        import shutil
+
+        from ..runtime.bundle import unpack
+
+        folder = unpack(args.artifact)
+        try:
+            return _inspect_folder(args, folder)
+        except TvmDeployError as e:
+            raise type(e)(str(e).replace(str(folder), args.artifact)) from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return _inspect_folder(args, Path(args.artifact))
+
+
+def _inspect_folder(args, folder: Path) -> int:
+    from ..runtime.loader import read_manifest, verify_files
+    from ..runtime.signing import SIGNATURE_NAME, verify_manifest_signature
+
+    manifest = read_manifest(folder)
+    if args.trusted_key:
+        manifest = verify_manifest_signature(folder, args.trusted_key)
     if args.json:
         print(manifest.to_json(), end="")
     else:
@@ -453,9 +533,15 @@ def _cmd_inspect(args) -> int:
         print(f"  passes:  {', '.join(m.passes)}")
         print(f"  weights: {m.weights}; built in {m.build_seconds:.1f} s with " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
         for name in m.files:
-            size = (Path(args.artifact) / name).stat().st_size if (Path(args.artifact) / name).exists() else 0
+            size = (folder / name).stat().st_size if (folder / name).exists() else 0
             print(f"  file:    {name} ({size / 1e6:.2f} MB)")
-    verify_files(Path(args.artifact), manifest)
+        if args.trusted_key:
+            print(f"  signature: {SIGNATURE_NAME} verified against the trusted key(s)")
+        elif (folder / SIGNATURE_NAME).is_file():
+            print(f"  signature: {SIGNATURE_NAME} present, not checked (give --trusted-key PUB to check it)")
+        else:
+            print("  signature: none (unsigned)")
+    verify_files(folder, manifest)
     if not args.json:
         print("  files verified against the manifest's sha256")
     return 0

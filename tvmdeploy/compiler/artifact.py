@@ -46,14 +46,19 @@ def _remove_stale_staging(destination: Path) -> None:
 
 
 
-def finalize(staging: Path, destination: Path, manifest: Manifest) -> Manifest:
-    """Hash the staged files, write the manifest, and move the folder into place."""
+def finalize(staging: Path, destination: Path, manifest: Manifest, signer=None) -> Manifest:
+    """Hash the staged files, write the manifest (and its signature, with a signer from
+    signing.load_signer), and move the folder into place."""
     manifest.files = {
         p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file() and p.name != MANIFEST_NAME
     }
     tmp_manifest = staging / (MANIFEST_NAME + ".tmp")
     tmp_manifest.write_text(manifest.to_json())
     os.replace(tmp_manifest, staging / MANIFEST_NAME)
+    if signer is not None:
+        from .signing import write_signature
+
+        write_signature(staging, signer)
     if destination.exists() and not (destination / MANIFEST_NAME).exists() and any(destination.iterdir()):
         raise ArtifactError(
             f"{destination} exists and is not a tvmdeploy artifact; refusing to replace it "

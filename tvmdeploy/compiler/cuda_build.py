@@ -33,6 +33,7 @@ from ..errors import BuildError
 def cuda_codegen(arch: str, preset_name: str) -> Iterator[None]:
     """Within: tvm.compile for a CUDA target embeds a fatbin for `arch` (e.g. "sm_80")."""
     require_nvcc(preset_name)
+    require_nvcc_arch(arch, preset_name)
     ensure_cuda_factory()
     with _tvm.nvcc_for_cuda(arch):
         yield
@@ -44,6 +45,33 @@ def require_nvcc(preset_name: str) -> None:
             f"preset {preset_name} compiles GPU kernels with nvcc, which is not on PATH; install the "
             f"CUDA toolkit (no GPU needed to build) and put its bin/ on PATH"
         )
+
+
+def nvcc_gpu_archs() -> list[str] | None:
+    """The virtual archs this nvcc compiles for ("compute_87", ...); None if it cannot say."""
+    try:
+        out = subprocess.run(["nvcc", "--list-gpu-arch"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    archs = re.findall(r"compute_\d+[a-z]?", out)
+    return archs or None
+
+
+def require_nvcc_arch(arch: str, preset_name: str) -> None:
+    """An nvcc too new (or too old) for the preset's GPU: one line, before the compile.
+
+    CUDA 13 dropped Maxwell, Pascal and Volta (sm_72: Jetson Xavier, whose JetPack 5 ships
+    CUDA 11.4); otherwise nvcc fails deep inside the build with "Unsupported gpu architecture".
+    """
+    archs = sorted(nvcc_gpu_archs() or [], key=lambda a: int(re.sub(r"\D", "", a)))
+    wanted = "compute_" + arch.removeprefix("sm_")
+    if not archs or wanted in archs:
+        return
+    raise BuildError(
+        f"preset {preset_name} needs device code for {arch}, which nvcc {nvcc_version() or ''} on PATH cannot "
+        f"produce (it supports {archs[0].replace('compute_', 'sm_')}..{archs[-1].replace('compute_', 'sm_')}); put a CUDA "
+        f"toolkit that still supports {arch} first on PATH (sm_72/Jetson Xavier: CUDA 12.x or older)"
+    )
 
 
 def nvcc_version() -> str | None:

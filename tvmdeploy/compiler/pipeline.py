@@ -63,6 +63,7 @@ def compile_model(
     prune: "PruningConfig | None" = None,
     quantize: "QuantizationConfig | None" = None,
     calibration_data: str | os.PathLike | None = None,
+    sign_key: str | os.PathLike | None = None,
 ) -> CompileResult:
     """Compile an ONNX model for a target preset into an artifact folder.
 
@@ -76,7 +77,8 @@ def compile_model(
     Int8Static config. calibration_data: an .npz with one array per input (first axis:
     samples) and optional labels, on which pruning and quantization measure their
     accuracy cost (pruning picks ratios there for --max-accuracy-drop; int8 calibrates
-    its activation scales there).
+    its activation scales there). sign_key: an Ed25519 private key (`tvmdeploy keygen`)
+    to sign the manifest with (manifest.sig, written before the artifact appears).
     """
     started = time.perf_counter()
     from . import _tvm
@@ -84,6 +86,11 @@ def compile_model(
 
     # 1. Resolve and validate the target preset (cheap failures first).
     preset, tvm_target = resolve_preset(load_preset(target))
+    signer = None
+    if sign_key is not None:  # a bad key fails before the slow stages
+        from .signing import load_signer
+
+        signer = load_signer(sign_key)
     target_dict = _tvm.target_to_dict(tvm_target)
 
     # 2. Import: model file -> Relax with static input shapes, weights bound as constants.
@@ -120,7 +127,7 @@ def compile_model(
 
         # 8. Package: manifest with provenance and file hashes, then rename into place.
         manifest = _manifest(imported, preset, tvm_target, reports, time.perf_counter() - started)
-        manifest = finalize(staging, destination, manifest)
+        manifest = finalize(staging, destination, manifest, signer=signer)
     return CompileResult(artifact_dir=destination, manifest=manifest, reports=reports)
 
 

@@ -69,6 +69,12 @@ def cuda_runtime_problem() -> str | None:
     sidecar = Path(tvm.__file__).resolve().parent / "lib" / _SIDECAR
     if not sidecar.is_file():
         return f"this TVM installation has no CUDA runtime ({sidecar} is missing; install a CUDA-enabled apache-tvm)"
+    # The driver first: the dynamic linker names only the first library it misses, and on a
+    # machine without a driver that is often libcudart, which would hide the real problem.
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return _NO_DRIVER
     try:
         # RTLD_LOCAL like TVM's own loader: the sidecar only registers functions.
         ctypes.CDLL(str(sidecar), mode=os.RTLD_LOCAL)

@@ -213,14 +213,29 @@ class LoadedModel:
         return times
 
 
-def load(path: str | os.PathLike, device: str | None = None, threads: int | None = None) -> LoadedModel:
-    """Verify and load an artifact folder.
+def load(
+    path: str | os.PathLike,
+    device: str | None = None,
+    threads: int | None = None,
+    trusted_keys: Sequence[str | os.PathLike | bytes] | None = None,
+) -> LoadedModel:
+    """Verify and load an artifact folder, or a bundle file from `tvmdeploy pack`.
 
     device: "cpu" or "cuda" (default: the one it was compiled for). threads: runtime
-    threads (default: the manifest's, where 0 means one per core).
+    threads (default: the manifest's, where 0 means one per core). trusted_keys: Ed25519
+    public keys (.pub PEM paths or bytes); when given, the manifest must carry a valid
+    signature by one of them, checked first (see signing.py).
     """
+    if Path(path).is_file():  # a single-file bundle: unpacked safely, then loaded as a folder
+        from .bundle import load_bundle
+
+        return load_bundle(path, device=device, threads=threads, trusted_keys=trusted_keys)
     folder = Path(path)
     manifest = read_manifest(folder)
+    if trusted_keys is not None:  # the manifest used from here on is the verified one
+        from .signing import verify_manifest_signature
+
+        manifest = verify_manifest_signature(folder, trusted_keys)
     device = device or manifest.device
     verify_files(folder, manifest)
     check_machine(folder, manifest, device)
