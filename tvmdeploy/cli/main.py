@@ -450,11 +450,11 @@ def _cmd_inspect(args) -> int:
             print(f"  gpu:     compute capability {m.compute_capability} or newer")
         print(f"  passes:  {', '.join(m.passes)}")
         print(f"  weights: {m.weights}; built in {m.build_seconds:.1f} s with " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
-        for name in m.files:
-            size = (Path(args.artifact) / name).stat().st_size if (Path(args.artifact) / name).exists() else 0
-            print(f"  file:    {name} ({size / 1e6:.2f} MB)")
-    verify_files(Path(args.artifact), manifest)
+    # Sizes come from the verified descriptors: names are plain and inside the folder.
+    sizes = verify_files(Path(args.artifact), manifest)
     if not args.json:
+        for name, size in sizes.items():
+            print(f"  file:    {name} ({size / 1e6:.2f} MB)")
         print("  files verified against the manifest's sha256")
     return 0
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from .bench import Timing
 from ..errors import ArtifactError, RemoteError, summarize_exception
+from .artifact_files import ArtifactFolder
 from .manifest import Manifest
 from .loader import LoadedModel, read_manifest, to_numpy, verify_files
 from .tvm_library import import_tvm
@@ -154,7 +155,7 @@ def wait_for_device(tracker: str, key: str, timeout: float = 60) -> int:
 class RemoteModel:
     """An artifact loaded on a remote device: the thin loader's calling convention, run over RPC."""
 
-    def __init__(self, folder: Path, manifest: Manifest, device: RemoteDevice, threads: int | None = None):
+    def __init__(self, folder: Path, manifest: Manifest, device: RemoteDevice, threads: int | None = None, library: bytes | None = None):
         tvm = import_tvm()
 
         self.path, self.manifest, self.device = folder, manifest, device
@@ -168,7 +169,10 @@ class RemoteModel:
             if nthreads:
                 config = self.session.get_function("runtime.config_threadpool")
                 config(0, int(nthreads))
-            self.session.upload(str(folder / manifest.library))
+            if library is None:  # the bytes that were hashed, never the file re-read by path
+                with ArtifactFolder(folder) as files:
+                    library = files.read_verified(manifest.library, manifest.files[manifest.library])
+            self.session.upload(bytearray(library), target=manifest.library)
             library = self.session.load_module(manifest.library)
             self._vm = tvm.runtime.vm.VirtualMachine(library, self._dev)
             self._main = self._vm["main"]
@@ -239,7 +243,9 @@ def load_remote(
     verify_files(folder, manifest)
     if manifest.library.endswith(".tar"):
         raise ArtifactError(f"{folder}: a .tar library must be linked on the device; compile with export_format 'so'")
-    return RemoteModel(folder, manifest, device, threads)
+    with ArtifactFolder(folder) as files:
+        library = files.read_verified(manifest.library, manifest.files[manifest.library])
+    return RemoteModel(folder, manifest, device, threads, library)
 
 
 @dataclass(frozen=True)
