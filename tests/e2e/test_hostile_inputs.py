@@ -219,3 +219,13 @@ def test_full_disk_at_the_link_step_names_the_root_cause(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith("tvmdeploy: error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert "exporting the library" in proc.stderr and "No space left on device (ENOSPC)" in proc.stderr
+
+
+def test_full_disk_at_the_manifest_write_is_one_line(tmp_path):
+    """Out of inodes (tmpfs nr_inodes=3: its root, the staging folder, model.so): the
+    manifest is the write that fails, and the old exit-2 path is not taken."""
+    out = tmp_path / "small" / "out"
+    proc = _in_small_tmpfs(tmp_path, "64m,nr_inodes=3", [sys.executable, "-m", "tvmdeploy.cli", "compile", str(MODELS / "mlp.onnx"), "-o", str(out)])
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("tvmdeploy: error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "manifest.json.tmp: No space left on device (ENOSPC)" in proc.stderr
