@@ -184,3 +184,13 @@ def test_old_folder_of_a_live_process_is_left_alone(tmp_path):
     _fake_artifact(busy, "old")
     artifact.recover_leftovers(out)
     assert busy.exists() and _tag(out) == "new"
+
+
+def test_old_named_folder_that_is_not_an_artifact_is_left_alone(tmp_path):
+    out = tmp_path / "art"
+    _fake_artifact(out, "new")
+    lookalike = tmp_path / ".art.old-999999999-mine"  # dead pid, but no artifact inside
+    lookalike.mkdir()
+    (lookalike / "notes.txt").write_text("keep")
+    artifact.recover_leftovers(out)
+    assert (lookalike / "notes.txt").read_text() == "keep"

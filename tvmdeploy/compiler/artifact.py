@@ -88,7 +88,9 @@ def recover_leftovers(destination: Path) -> None:
             pid = folder.name.rsplit(f".{kind}-", 1)[1].split("-", 1)[0]
             if not pid.isdigit() or process_alive(int(pid)):
                 continue
-            if kind == "old" and not destination.exists() and is_artifact(folder):
+            if kind == "old" and not is_artifact(folder):
+                continue  # only artifacts are ever moved aside: this one is not ours
+            if kind == "old" and not destination.exists():
                 os.rename(folder, destination)  # killed between the two renames: put it back
             else:
                 shutil.rmtree(folder, ignore_errors=True)
