@@ -40,11 +40,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if isinstance(e, TvmDeployError):
             print(f"tvmdeploy: error: {e}", file=sys.stderr)
-            if type(e).__name__ == "RemoteTimeout":
-                # A thread is still blocked in TVM's RPC; interpreter exit could wait on it.
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(1)
+            global exit_without_cleanup
+            # A thread is still blocked in TVM's RPC: the program (cli/__main__) ends with
+            # os._exit, as interpreter exit could wait on that thread.
+            exit_without_cleanup = type(e).__name__ == "RemoteTimeout"
             return 1
         if isinstance(e, OSError) and os_error_line(e):
             print(f"tvmdeploy: error: {os_error_line(e)}", file=sys.stderr)
@@ -58,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _interrupted = False
+exit_without_cleanup = False  # set when a network wait timed out (see cli/__main__.py)
 
 
 def _reader_went_away() -> int:
