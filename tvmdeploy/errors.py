@@ -5,6 +5,9 @@ what was wrong (file, input, key) and how to fix it. The CLI prints only that
 message; tracebacks are for `--debug`.
 """
 
+import errno
+import os
+
 
 class TvmDeployError(Exception):
     """Base class: a one-line, actionable message for the user."""
@@ -35,9 +38,53 @@ class InputMismatchError(TvmDeployError):
 
 
 def summarize_exception(e: BaseException, limit: int = 500) -> str:
-    """The last line of a (often multi-page) TVM error, with its type: enough to act on."""
+    """The last line of a (often multi-page) TVM error, with its type: enough to act on.
+
+    A root cause the last line drops (a linker's "No space left on device" above the
+    command line it prints last) is appended.
+    """
     lines = [line for line in str(e).strip().splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[-1].strip() if lines else ''}"[:limit]
+    summary = f"{type(e).__name__}: {lines[-1].strip() if lines else ''}"
+    cause = root_cause(e)
+    if cause and cause.split(" (")[0] not in summary:
+        summary = f"{summary[: max(0, limit - len(cause) - 15)]} (root cause: {cause})"
+    return summary[:limit]
+
+
+# OS errors whose cause the user must fix (space, permissions, a read-only mount): the
+# one-line error names them, whatever layer (a linker, TVM, numpy) hit them first.
+_ROOT_CAUSES = {
+    errno.ENOSPC: "free space on that file system",
+    errno.EDQUOT: "free space within your quota",
+    errno.EFBIG: "raise the file-size limit (ulimit -f) or write elsewhere",
+    errno.EACCES: "check the permissions or write elsewhere",
+    errno.EPERM: "check the permissions or write elsewhere",
+    errno.EROFS: "write to a writable file system",
+}
+
+
+def root_cause(e: BaseException) -> str | None:
+    """'No space left on device (ENOSPC)' and the like, from the exception, its causes, or
+    their text (tools run as subprocesses report errors only as text)."""
+    seen, item = set(), e
+    while item is not None and id(item) not in seen:
+        seen.add(id(item))
+        if isinstance(item, OSError) and item.errno in _ROOT_CAUSES:
+            return f"{os.strerror(item.errno)} ({errno.errorcode[item.errno]})"
+        item = item.__cause__ or item.__context__
+    text = str(e)
+    for code in _ROOT_CAUSES:
+        if os.strerror(code) in text:
+            return f"{os.strerror(code)} ({errno.errorcode[code]})"
+    return None
+
+
+def os_error_line(e: OSError) -> str | None:
+    """A one-line message for an OS error a user can fix, or None for any other."""
+    if e.errno not in _ROOT_CAUSES:
+        return None
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{os.strerror(e.errno)} ({errno.errorcode[e.errno]}); {_ROOT_CAUSES[e.errno]}"
 
 
 class BoardError(TvmDeployError):

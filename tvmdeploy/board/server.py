@@ -12,6 +12,7 @@ Provisioning (the sysroot, the wheels, the wrapper) is in provision.py.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BoardError
-from ..fsutil import atomic_write_text, process_alive
+from ..fsutil import atomic_write_text
 from .provision import DEFAULT_PORT, DEFAULT_PRESET, DEFAULT_TRACKER_PORT, Board, Log, last_line, locate, quiet
 
 
@@ -83,6 +84,9 @@ def start(
     tracker: HOST:PORT of an existing tracker to register with. key: the device key
     under a tracker (default: the preset name). Returns the running services by role.
     """
+    warning = exposure_warning(host)
+    if warning:
+        log(warning)
     board = locate(board_dir)
     board.require_ready()
     cpu = qemu_cpu(preset)
@@ -125,6 +129,23 @@ def start(
         stop(board_dir)
         raise
     return services
+
+
+def exposure_warning(host: str) -> str | None:
+    """A warning for an address other machines can reach: TVM's RPC server loads and runs
+    any library a client uploads, with this user's rights, and has no authentication."""
+    if host.strip("[]").lower() == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: it may resolve to any interface
+    return (
+        f"warning: the RPC server will listen on {host}, reachable from other machines: it runs ANY "
+        f"library anyone who can connect uploads, as this user, without authentication; use 127.0.0.1 "
+        f"(the default) with an SSH tunnel, or a firewalled network"
+    )
 
 
 def _spawn(board: Board, role: str, argv: list[str], env: dict, extra: list[str], timeout: float, facts: dict) -> Service:
@@ -174,11 +195,24 @@ def stop(board_dir: str | os.PathLike | None = None, timeout: float = 15) -> lis
         service = _read_service(board, role)
         if service is None:
             continue
-        if process_alive(service.pid):
+        if group_alive(service.pid):  # the leader may be dead while its workers still serve
             _kill_group(service.pid, timeout)
             stopped.append(service)
         board.run_file(role).unlink(missing_ok=True)
     return stopped
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group is alive. Each service runs in its own session, so
+    its pid is its process group's id; TVM's worker (which holds the accepted connection)
+    outlives a killed leader, and still serves."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _kill_group(pid: int, timeout: float) -> None:
@@ -188,7 +222,7 @@ def _kill_group(pid: int, timeout: float) -> None:
     while time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reap it when it is our own child
-        if not process_alive(pid):
+        if not group_alive(pid):
             break
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
@@ -208,7 +242,7 @@ def status(board_dir: str | os.PathLike | None = None) -> dict:
     services = {}
     for role in ("server", "tracker"):
         service = _read_service(board, role)
-        if service is not None and process_alive(service.pid):
+        if service is not None and group_alive(service.pid):
             services[role] = service
         elif service is not None:
             board.run_file(role).unlink(missing_ok=True)  # died or killed: forget it

@@ -1,3 +1,11 @@
-from .main import main
+import os
+import sys
 
-raise SystemExit(main())
+from . import main as cli
+
+code = cli.main()
+if cli.exit_without_cleanup:  # a thread is stuck in TVM's RPC: do not wait for it at exit
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+raise SystemExit(code)

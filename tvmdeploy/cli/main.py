@@ -7,6 +7,7 @@ exits 2 and says how to get the traceback (--debug).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from ..compiler.quantization.config import OBSERVERS
 from ..compiler.quantization.config import SCHEMES as QUANTIZE_SCHEMES
 from ..compiler.tuning.budget import DEFAULT_TRIALS
-from ..errors import TvmDeployError, summarize_exception
+from ..errors import TvmDeployError, os_error_line, summarize_exception
 
 
 class UsageError(TvmDeployError):
@@ -32,10 +33,19 @@ def main(argv: list[str] | None = None) -> int:
         if _interrupted or isinstance(e, KeyboardInterrupt):
             print("tvmdeploy: interrupted", file=sys.stderr)
             return 130
+        if isinstance(e, BrokenPipeError):
+            return _reader_went_away()
         if args.debug or not isinstance(e, Exception):
             raise
         if isinstance(e, TvmDeployError):
             print(f"tvmdeploy: error: {e}", file=sys.stderr)
+            global exit_without_cleanup
+            # A thread is still blocked in TVM's RPC: the program (cli/__main__) ends with
+            # os._exit, as interpreter exit could wait on that thread.
+            exit_without_cleanup = type(e).__name__ == "RemoteTimeout"
+            return 1
+        if isinstance(e, OSError) and os_error_line(e):
+            print(f"tvmdeploy: error: {os_error_line(e)}", file=sys.stderr)
             return 1
         # A bug, or a TVM failure nobody anticipated.
         print(
@@ -46,6 +56,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _interrupted = False
+exit_without_cleanup = False  # set when a network wait timed out (see cli/__main__.py)
+
+
+def _reader_went_away() -> int:
+    """`tvmdeploy inspect | head`: the reader closed the pipe; end quietly, as `cat` does.
+
+    stdout is pointed at /dev/null so that the interpreter's final flush does not fail too.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141  # 128 + SIGPIPE, what a shell reports for a writer ended by the pipe
 
 
 def _raise_interrupt(signum, frame):
@@ -188,6 +210,7 @@ def _add_remote_options(p) -> None:
     p.add_argument("--rpc", metavar="HOST:PORT", help="run on the device behind this TVM RPC server")
     p.add_argument("--tracker", metavar="HOST:PORT", help="run on a device from this TVM RPC tracker (with --key)")
     p.add_argument("--key", help="device key: under --tracker, or the server's key with --rpc")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="wait for the device's handshake and session at most this long (default 120)")
 
 
 def _remote(args):
@@ -196,7 +219,11 @@ def _remote(args):
         return None
     from ..runtime.remote import RemoteDevice
 
-    return RemoteDevice(rpc=args.rpc, tracker=args.tracker, key=args.key)
+    from ..runtime.remote import SESSION_START_TIMEOUT_S
+
+    if args.timeout is not None and not args.timeout > 0:
+        raise UsageError("--timeout must be a positive number of seconds")
+    return RemoteDevice(rpc=args.rpc, tracker=args.tracker, key=args.key, timeout_s=args.timeout or SESSION_START_TIMEOUT_S)
 
 
 def _add_tuning_options(p) -> None:
@@ -211,6 +238,9 @@ def _budget(trials: int, args):
     return TuningBudget(trials=trials, trials_per_task=args.trials_per_task, minutes=args.time_budget)
 
 
+_MAX_DIM = 2**31 - 1  # what the manifest schema and TVM's int32 shape arithmetic allow
+
+
 def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for item in items:
@@ -221,6 +251,8 @@ def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
             shape = ()
         if not sep or not name or not shape:
             raise UsageError(f"--input-shape '{item}' must look like NAME=D0,D1,... (e.g. input=1,3,224,224)")
+        if any(not 0 < d <= _MAX_DIM for d in shape):
+            raise UsageError(f"--input-shape '{item}': every dimension must be between 1 and {_MAX_DIM}")
         shapes[name] = shape
     return shapes
 
@@ -420,6 +452,8 @@ def _cmd_run(args) -> int:
 
     from ..runtime.loader import load, read_manifest
 
+    if args.save_outputs:
+        check_output_file(args.save_outputs, "--save-outputs")  # before the model runs, not after
     remote = _remote(args)
     trusted = args.trusted_key or None
     if remote is not None:
@@ -436,7 +470,9 @@ def _cmd_run(args) -> int:
 
             read_manifest(args.artifact)
             verify_manifest_signature(Path(args.artifact), trusted)
-        model = load_remote(args.artifact, rpc=remote.rpc, tracker=remote.tracker, key=remote.key, threads=args.threads)
+        model = load_remote(
+            args.artifact, rpc=remote.rpc, tracker=remote.tracker, key=remote.key, threads=args.threads, timeout_s=remote.timeout_s
+        )
     else:
         model = load(args.artifact, device=args.device, threads=args.threads, trusted_keys=trusted)
     if args.random_inputs:
@@ -464,9 +500,35 @@ def _cmd_run(args) -> int:
         times = model.time([inputs[s.name] for s in model.inputs], repeat=args.repeat)
         print(f"latency: median {np.median(times) * 1e3:.3f} ms over {len(times)} runs (after 3 warm-up runs)")
     if args.save_outputs:
-        np.savez(args.save_outputs, **{s.name: o for s, o in zip(model.outputs, outputs)})
+        _save_npz(args.save_outputs, {s.name: o for s, o in zip(model.outputs, outputs)})
         print(f"outputs written to {args.save_outputs}")
     return 0
+
+
+def _save_npz(path: str, arrays: dict) -> None:
+    """np.savez to a path can lose a failed write silently (it did to /dev/full): build the
+    archive in memory, then write and flush it ourselves so that ENOSPC is an error."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    with open(path, "wb") as f:
+        f.write(buffer.getvalue())
+        f.flush()
+
+
+def check_output_file(path: str, flag: str) -> None:
+    """A file we will write later: its folder exists and is writable, and it is not a folder."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name (e.g. {target / 'outputs.npz'})")
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"{flag} {path}: not writable (permission denied); choose another path")
 
 
 def _cmd_keygen(args) -> int:
@@ -532,17 +594,17 @@ def _inspect_folder(args, folder: Path) -> int:
             print(f"  gpu:     compute capability {m.compute_capability} or newer")
         print(f"  passes:  {', '.join(m.passes)}")
         print(f"  weights: {m.weights}; built in {m.build_seconds:.1f} s with " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
-        for name in m.files:
-            size = (folder / name).stat().st_size if (folder / name).exists() else 0
-            print(f"  file:    {name} ({size / 1e6:.2f} MB)")
         if args.trusted_key:
             print(f"  signature: {SIGNATURE_NAME} verified against the trusted key(s)")
         elif (folder / SIGNATURE_NAME).is_file():
             print(f"  signature: {SIGNATURE_NAME} present, not checked (give --trusted-key PUB to check it)")
         else:
             print("  signature: none (unsigned)")
-    verify_files(folder, manifest)
+    # Sizes come from the verified descriptors: names are plain and inside the folder.
+    sizes = verify_files(folder, manifest)
     if not args.json:
+        for name, size in sizes.items():
+            print(f"  file:    {name} ({size / 1e6:.2f} MB)")
         print("  files verified against the manifest's sha256")
     return 0
 
@@ -567,6 +629,8 @@ def _cmd_bench(args) -> int:
 
         print(bench_remote(args.artifact, remote, threads=args.threads, warmup=args.warmup, repeat=args.repeat).table())
         return 0
+    chart = Path(args.chart) if args.chart else Path(str(Path(args.artifact)).rstrip("/") + "-bench.png")
+    check_output_file(str(chart), "--chart")
     report = bench_artifact(
         args.artifact,
         compare=tuple(args.compare or ["onnxruntime"]),
@@ -576,7 +640,6 @@ def _cmd_bench(args) -> int:
         repeat=args.repeat,
     )
     print(report.table())
-    chart = Path(args.chart) if args.chart else Path(str(Path(args.artifact)).rstrip("/") + "-bench.png")
     print(f"chart: {write_chart(report, chart)}")
     return 0
 

@@ -54,7 +54,12 @@ def load_calibration(path: str | Path, inputs) -> Calibration:
     for spec in inputs:
         array = data[spec.name]
         shape = tuple(spec.shape)
-        if tuple(array.shape[1:]) == shape[1:] and shape[0] == 1:
+        if array.ndim == 0:
+            raise CalibrationError(
+                f"calibration data {path}: input {spec.name!r} is a single value; stack samples on a first axis "
+                f"(shape [N{''.join(', ' + str(d) for d in shape)}])"
+            )
+        if shape and tuple(array.shape[1:]) == shape[1:] and shape[0] == 1:
             samples = [array[i : i + 1] for i in range(array.shape[0])]
         elif tuple(array.shape[1:]) == shape:
             samples = [array[i] for i in range(array.shape[0])]
@@ -63,7 +68,9 @@ def load_calibration(path: str | Path, inputs) -> Calibration:
                 f"calibration data {path}: input {spec.name!r} has shape {list(array.shape)}, expected "
                 f"[N, {', '.join(map(str, shape[1:] if shape[0] == 1 else shape))}] (N samples of {spec.describe()})"
             )
-        samples = [np.ascontiguousarray(s, dtype=spec.dtype) for s in samples]
+        # np.asarray, not ascontiguousarray: that one turns a 0-d sample into shape (1,)
+        samples = [np.require(np.asarray(s, dtype=spec.dtype), requirements="C") for s in samples]
+        _refuse_non_finite(path, spec.name, samples)
         if count is not None and len(samples) != count:
             raise CalibrationError(f"calibration data {path}: inputs have different sample counts")
         count = len(samples)
@@ -76,6 +83,19 @@ def load_calibration(path: str | Path, inputs) -> Calibration:
         if labels.shape[0] != count or labels.dtype.kind not in "iu":
             raise CalibrationError(f"calibration data {path}: 'label' must hold one integer class per sample ({count})")
     return Calibration(str(path), [list(s) for s in zip(*per_input)], labels)
+
+
+def _refuse_non_finite(path: Path, name: str, samples: list[np.ndarray]) -> None:
+    """NaN or Inf in calibration data poisons every scale computed from it (an artifact
+    with 0 % agreement): name the input and the first bad sample instead."""
+    if not samples or samples[0].dtype.kind not in "fc":
+        return
+    bad = [i for i, sample in enumerate(samples) if not np.isfinite(sample).all()]
+    if bad:
+        raise CalibrationError(
+            f"calibration data {path}: input {name!r} sample {bad[0]} holds NaN or Inf "
+            f"({len(bad)} of {len(samples)} samples do); clean the data or drop those samples"
+        )
 
 
 def random_calibration(inputs, count: int = RANDOM_SAMPLES) -> Calibration:

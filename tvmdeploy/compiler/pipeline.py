@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from .artifact import finalize, staging_folder
+from .artifact import check_destination, finalize, staging_folder
 from .build import build_library, library_file_name
 from ..errors import RemoteError, TvmDeployError
 from .frontend import import_model
@@ -92,6 +92,8 @@ def compile_model(
 
         signer = load_signer(sign_key)
     target_dict = _tvm.target_to_dict(tvm_target)
+    if output_dir:
+        check_destination(Path(output_dir))  # never ours to replace: say so before the slow part
 
     # 2. Import: model file -> Relax with static input shapes, weights bound as constants.
     imported = import_model(model, input_shapes=input_shapes)

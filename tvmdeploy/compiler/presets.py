@@ -125,6 +125,7 @@ def parse_preset_file(path: Path) -> Preset:
             )
 
     unknown(data, _TOP_LEVEL_KEYS, "the top level")
+    _check_types(path, data)
     target = data.get("target")
     if not isinstance(target, dict) or "kind" not in target:
         raise PresetError(f"preset file {path}: a [target] table with a 'kind' is required")
@@ -168,6 +169,60 @@ def parse_preset_file(path: Path) -> Preset:
     )
 
 
+# Field types, checked one by one before any is used: a list where a string belongs (or a
+# string where a list belongs, which Python would split into characters) is one line.
+_STR, _STRS, _COUNT, _THREADS = "a string", "a list of strings", "a positive integer", "a non-negative integer"
+_TARGET_TYPES = {"kind": _STR, "mtriple": _STR, "mcpu": _STR, "mattr": _STRS, "num-cores": _COUNT, "arch": _STR}
+_BUILD_TYPES = {
+    "cross_compiler": _STR, "cross_compiler_packages": _STRS, "sysroot": _STR, "linker_options": _STRS,
+    "export_format": _STR, "threads": _THREADS,
+}
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if kind == _STR:
+        return isinstance(value, str)
+    if kind == _STRS:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        return False
+    return value > 0 if kind == _COUNT else value >= 0
+
+
+def _check_types(path: Path, data: dict) -> None:
+    def check(table: Any, types: dict, where: str) -> None:
+        if not isinstance(table, dict):
+            raise PresetError(f"preset file {path}: {where} must be a table ([{where.strip('[]')}]), not {type(table).__name__}")
+        for key, kind in types.items():
+            if key in table and not _type_ok(table[key], kind):
+                raise PresetError(
+                    f"preset file {path}: '{key}' in {where} must be {kind}, not {table[key]!r}"
+                )
+
+    if not isinstance(data.get("description", ""), str):
+        raise PresetError(f"preset file {path}: 'description' must be a string")
+    if not _type_ok(data.get("detect", []), _STRS):
+        raise PresetError(f"preset file {path}: 'detect' must be a list of strings, e.g. [\"mcpu\"]")
+    if "target" in data:
+        check(data["target"], _TARGET_TYPES, "[target]")
+    if "host" in data:
+        check(data["host"], _TARGET_TYPES, "[host]")
+    check(data.get("build", {}), _BUILD_TYPES, "[build]")
+
+
+def _with_num_cores(preset: Preset, target: dict[str, Any]) -> dict[str, Any]:
+    """An llvm target needs num-cores (MetaSchedule's thread count): from the preset's own
+    thread count when it has one, else the preset is refused naming the key to add."""
+    if target["kind"] != "llvm" or "num-cores" in target:
+        return target
+    if preset.build.threads > 0:
+        return {**target, "num-cores": preset.build.threads}
+    raise PresetError(
+        f"preset file {preset.source}: [target] needs 'num-cores' (the device's core count, e.g. num-cores = 4), "
+        f"or detect = [\"num-cores\"] to take this machine's"
+    )
+
+
 def resolve_preset(preset: Preset):
     """Fill in detected fields and validate the preset against TVM.
 
@@ -197,4 +252,8 @@ def resolve_preset(preset: Preset):
         tvm_target = _tvm.make_target(resolved.target, resolved.host)
     except Exception as e:  # TVM raises ValueError/TypeError with its own wording
         raise PresetError(f"preset file {preset.source}: TVM rejects the target: {e}") from None
+    target = _with_num_cores(resolved, resolved.target)
+    if target is not resolved.target:
+        resolved = dataclasses.replace(resolved, target=target)
+        tvm_target = _tvm.make_target(resolved.target, resolved.host)
     return resolved, tvm_target

@@ -10,6 +10,9 @@ against the manifest, the CPU architecture and instruction-set flags, and the de
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import platform
 import time
@@ -20,7 +23,10 @@ import numpy as np
 
 from .devices import require_cuda
 from ..errors import ArtifactError, InputMismatchError
-from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, TensorSpec, sha256_file
+from . import schema
+from .artifact_files import ArtifactFolder
+from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, TensorSpec
+from .schema import MAX_MANIFEST_BYTES
 from .weights_file import read_weights
 from .inputs import random_inputs
 from .tvm_library import import_tvm
@@ -31,37 +37,44 @@ _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Read and sanity-check an artifact's manifest (no hashing, no TVM)."""
-    folder = Path(path)
-    manifest_path = folder / MANIFEST_NAME
-    if not folder.exists():
-        raise ArtifactError(f"{folder}: no such artifact folder")
-    if not manifest_path.is_file():
-        raise ArtifactError(f"{folder}: not a tvmdeploy artifact (no {MANIFEST_NAME}); compile one with `tvmdeploy compile`")
+    """Read an artifact's manifest and check it against the schema (no hashing, no TVM)."""
+    with ArtifactFolder(path) as folder:
+        return _read_manifest(folder)
+
+
+def _read_manifest(folder: ArtifactFolder, trusted_keys=None) -> Manifest:
+    """The manifest, schema-checked; with trusted keys, parsed from the very bytes whose
+    signature was checked (before any other file is read)."""
+    where = folder.path / MANIFEST_NAME
+    if folder.size(MANIFEST_NAME) is None:
+        raise ArtifactError(f"{folder.path}: not a tvmdeploy artifact (no {MANIFEST_NAME}); compile one with `tvmdeploy compile`")
+    text = folder.read(MANIFEST_NAME, MAX_MANIFEST_BYTES)
+    if trusted_keys is not None:
+        from .signing import SIGNATURE_NAME, check_signature
+
+        signature = folder.read(SIGNATURE_NAME, 64 * 1024) if folder.size(SIGNATURE_NAME) is not None else None
+        check_signature(folder.path, text, signature, trusted_keys)
     try:
-        manifest = Manifest.from_json(manifest_path.read_text())
-    except (ValueError, KeyError, TypeError) as e:
-        raise ArtifactError(f"{manifest_path}: unreadable manifest ({e}); recompile the artifact") from None
-    if manifest.schema_version > SCHEMA_VERSION:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
+        raise ArtifactError(f"{where}: unreadable manifest ({type(e).__name__}: {str(e)[:200]}); recompile the artifact") from None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
         raise ArtifactError(
-            f"{manifest_path}: manifest schema {manifest.schema_version} is newer than this "
+            f"{where}: manifest schema {version} is newer than this "
             f"tvmdeploy understands ({SCHEMA_VERSION}); upgrade tvmdeploy"
         )
-    return manifest
+    try:
+        schema.validate(data)
+    except schema.SchemaError as e:
+        raise ArtifactError(f"{where}: {e}; recompile the artifact") from None
+    return Manifest.from_dict(data)
 
 
-def verify_files(folder: Path, manifest: Manifest) -> None:
-    if manifest.library not in manifest.files:
-        raise ArtifactError(f"{folder}: the manifest lists no hash for its library {manifest.library}")
-    for name, expected in manifest.files.items():
-        file = folder / name
-        if not file.is_file():
-            raise ArtifactError(f"{folder}: {name} is missing; the artifact is incomplete, recompile it")
-        if sha256_file(file) != expected:
-            raise ArtifactError(
-                f"{folder}: {name} does not match the sha256 in {MANIFEST_NAME} (modified or corrupted "
-                f"after the build); refusing to load it, recompile or re-download the artifact"
-            )
+def verify_files(folder: str | os.PathLike, manifest: Manifest) -> dict[str, int]:
+    """Hash every file the manifest lists, each read once from its own descriptor; {name: size}."""
+    with ArtifactFolder(folder) as opened:
+        return {name: opened.verify(name, expected) for name, expected in manifest.files.items()}
 
 
 def machine_arch() -> str:
@@ -114,7 +127,7 @@ def check_machine(folder: Path, manifest: Manifest, device: str) -> None:
 class LoadedModel:
     """A loaded artifact: call it with numpy arrays, get numpy arrays back."""
 
-    def __init__(self, folder: Path, manifest: Manifest, device: str, threads: int | None):
+    def __init__(self, folder: Path, manifest: Manifest, device: str, threads: int | None, files: ArtifactFolder | None = None):
         tvm = import_tvm()
 
         self.path = folder
@@ -133,18 +146,19 @@ class LoadedModel:
         nthreads = manifest.threads if threads is None else threads
         if nthreads:
             _set_threads(tvm, nthreads)
-        library = tvm.runtime.load_module(str(folder / manifest.library))
+        with contextlib.ExitStack() as stack:
+            files = files or stack.enter_context(ArtifactFolder(folder))
+            # The library is loaded from a private copy of the bytes that were hashed, the
+            # weights are parsed from the bytes that were hashed: nothing is re-read by path.
+            with files.private_copy(manifest.library, manifest.files[manifest.library]) as copy:
+                library = tvm.runtime.load_module(str(copy))
+            weights = _read_weights(files, manifest)
         self._vm = tvm.runtime.vm.VirtualMachine(library, self._device)
         self._main = self._vm["main"]
+        _check_arity(self._vm, folder, manifest, len(weights))
         # Weights stored beside the library (compact, e.g. after magnitude pruning) are
         # expanded once here and passed after the inputs on every call.
-        self._weights = []
-        if manifest.weights != "embedded":
-            try:
-                arrays = read_weights(folder / manifest.weights)
-            except ValueError as e:
-                raise ArtifactError(f"{folder}: {e}; rebuild the artifact") from None
-            self._weights = [tvm.runtime.tensor(a, self._device) for a in arrays]
+        self._weights = [tvm.runtime.tensor(a, self._device) for a in weights]
 
     def __repr__(self) -> str:
         ins = ", ".join(s.describe() for s in self.inputs)
@@ -155,8 +169,18 @@ class LoadedModel:
         """Run once. Inputs positionally in manifest order, or by input name."""
         arrays = self._bind_inputs(args, kwargs)
         tensors = [self._tvm.runtime.tensor(a, self._device) for a in arrays]
-        result = self._main(*tensors, *self._weights)
-        return to_numpy(result)
+        return to_numpy(self._run(*tensors, *self._weights))
+
+    def _run(self, *tensors):
+        try:
+            return self._main(*tensors)
+        except Exception as e:
+            # Inputs that match the manifest but not the library: the manifest (not covered
+            # by its own hashes) was edited, or describes another build.
+            raise ArtifactError(
+                f"{self.path}: the library rejected inputs that match {MANIFEST_NAME} ({_first_words(e)}); "
+                f"the manifest does not describe this library, recompile the artifact"
+            ) from None
 
     def _bind_inputs(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[np.ndarray]:
         names = [s.name for s in self.inputs]
@@ -190,7 +214,8 @@ class LoadedModel:
                     f"input '{spec.name}' has shape {list(array.shape)}, expected {list(spec.shape)} "
                     f"(the artifact is compiled for that shape; recompile with --input-shape for another)"
                 )
-            arrays.append(np.ascontiguousarray(array))
+            # Not np.ascontiguousarray: it turns a 0-d input into shape (1,).
+            arrays.append(np.require(array, requirements="C"))
         return arrays
 
     def random_inputs(self, seed: int = 0) -> list[np.ndarray]:
@@ -202,7 +227,7 @@ class LoadedModel:
         tensors = [self._tvm.runtime.tensor(a, self._device) for a in self._bind_inputs(inputs, {})]
         tensors += self._weights
         for _ in range(warmup):
-            self._main(*tensors)
+            self._run(*tensors)
         self._device.sync()
         times = []
         for _ in range(repeat):
@@ -230,16 +255,42 @@ def load(
         from .bundle import load_bundle
 
         return load_bundle(path, device=device, threads=threads, trusted_keys=trusted_keys)
-    folder = Path(path)
-    manifest = read_manifest(folder)
-    if trusted_keys is not None:  # the manifest used from here on is the verified one
-        from .signing import verify_manifest_signature
+    with ArtifactFolder(path) as files:
+        manifest = _read_manifest(files, trusted_keys)
+        device = device or manifest.device
+        used = {manifest.library, manifest.weights}  # hashed where they are read, just once
+        for name, expected in manifest.files.items():
+            if name not in used:
+                files.verify(name, expected)
+        check_machine(files.path, manifest, device)
+        return LoadedModel(files.path, manifest, device, threads, files)
 
-        manifest = verify_manifest_signature(folder, trusted_keys)
-    device = device or manifest.device
-    verify_files(folder, manifest)
-    check_machine(folder, manifest, device)
-    return LoadedModel(folder, manifest, device, threads)
+
+def _read_weights(files: ArtifactFolder, manifest: Manifest) -> list[np.ndarray]:
+    if manifest.weights == "embedded":
+        return []
+    data = files.read_verified(manifest.weights, manifest.files[manifest.weights])
+    try:
+        return read_weights(io.BytesIO(data), manifest.weights)
+    except ValueError as e:
+        raise ArtifactError(f"{files.path}: {e}; rebuild the artifact") from None
+
+
+def _check_arity(vm, folder: Path, manifest: Manifest, weights: int) -> None:
+    """The library's main takes the manifest's inputs plus the stored weights, no more, no less."""
+    arity = int(vm._get_function_arity("main"))
+    if arity != len(manifest.inputs) + weights:
+        raise ArtifactError(
+            f"{folder}: the library takes {arity} arguments, but {MANIFEST_NAME} lists {len(manifest.inputs)} "
+            f"input(s) and {manifest.weights} holds {weights} weight(s); the files do not belong together, recompile"
+        )
+
+
+def _first_words(e: Exception) -> str:
+    """A short reason from a TVM error, without its internal check text."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(e).__name__
+    return reason.split("Check failed:")[0].rstrip(": ")[:200] or type(e).__name__
 
 
 def _set_threads(tvm, nthreads: int) -> None:

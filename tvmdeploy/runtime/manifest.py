@@ -59,7 +59,11 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
-        d = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+        d = dict(d)
         d["inputs"] = [TensorSpec.from_json(x) for x in d["inputs"]]
         d["outputs"] = [TensorSpec.from_json(x) for x in d["outputs"]]
         known = set(cls.__dataclass_fields__)

@@ -8,10 +8,10 @@ stable API; this is the one module of tvmdeploy that talks to it as a client.
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +21,46 @@ import numpy as np
 
 from .bench import Timing
 from ..errors import ArtifactError, RemoteError, summarize_exception
+from .artifact_files import ArtifactFolder
 from .manifest import Manifest
 from .loader import LoadedModel, read_manifest, to_numpy, verify_files
 from .tvm_library import import_tvm
 
-__all__ = ["RemoteDevice", "RemoteBench", "RemoteModel", "bench_remote", "load_remote", "parse_address", "tracker_summary", "wait_for_device"]
+__all__ = ["RemoteDevice", "RemoteBench", "RemoteTimeout", "bounded", "RemoteModel", "bench_remote", "load_remote", "parse_address", "tracker_summary", "wait_for_device"]
 
 CONNECT_TIMEOUT_S = 10
 # TVM's RPC server serves one session at a time; a second client waits in the handshake
 # until the first one disconnects. Past this, say so instead of hanging.
 SESSION_START_TIMEOUT_S = 120
+# Upload + load, and each run or timing on the device (an emulated board is slow).
+OPERATION_TIMEOUT_S = 600
+
+
+class RemoteTimeout(RemoteError):
+    """A network wait ran out; a thread may still be blocked in TVM's RPC, so the CLI exits
+    the process at once instead of waiting for it at interpreter exit."""
+
+
+def bounded(call, timeout: float, what: str):
+    """call() in a daemon thread, at most `timeout` seconds: TVM's RPC calls block in C with
+    no timeout of their own. The thread is a daemon so that, if it never returns, it does
+    not keep the process alive (a ThreadPoolExecutor's worker is joined at exit)."""
+    result: dict = {}
+
+    def run():
+        try:
+            result["value"] = call()
+        except BaseException as e:  # handed to the caller's thread
+            result["error"] = e
+
+    thread = threading.Thread(target=run, name=f"tvmdeploy-rpc: {what}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise RemoteTimeout(f"{what}: no answer within {timeout:g} s")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def parse_address(text: str, flag: str = "--rpc") -> tuple[str, int]:
@@ -49,6 +79,7 @@ class RemoteDevice:
     tracker: str | None = None
     key: str | None = None
     session_timeout_s: float = 0  # 0: the session lives until closed
+    timeout_s: float = SESSION_START_TIMEOUT_S  # for the handshake and the session to start
 
     def __post_init__(self):
         if bool(self.rpc) == bool(self.tracker):
@@ -67,7 +98,7 @@ class RemoteDevice:
 
         address = self.rpc or self.tracker
         host, port = parse_address(address, "--rpc" if self.rpc else "--tracker")
-        _check_reachable(host, port, "--rpc" if self.rpc else "--tracker")
+        _check_reachable(host, port, "--rpc" if self.rpc else "--tracker", self.timeout_s)
 
         def open_session():
             if self.rpc:
@@ -76,12 +107,11 @@ class RemoteDevice:
                 self.key, session_timeout=self.session_timeout_s, max_retry=2
             )
 
-        pool = concurrent.futures.ThreadPoolExecutor(1)
         try:
-            return pool.submit(open_session).result(timeout=SESSION_START_TIMEOUT_S)
-        except concurrent.futures.TimeoutError:
-            raise RemoteError(
-                f"{self.describe()}: no session within {SESSION_START_TIMEOUT_S} s; the device serves one "
+            return bounded(open_session, self.timeout_s, f"{self.describe()}")
+        except RemoteTimeout:
+            raise RemoteTimeout(
+                f"{self.describe()}: no session within {self.timeout_s:g} s; the device serves one "
                 f"session at a time, is another client using it?"
             ) from None
         except Exception as e:
@@ -91,30 +121,53 @@ class RemoteDevice:
                 else f"is a server registered as '{self.key}' (see the tracker's summary)?"
             )
             raise RemoteError(f"cannot open an RPC session via {self.describe()}: {summarize_exception(e)}; {hint}") from None
-        finally:
-            pool.shutdown(wait=False)
 
 
-def _check_reachable(host: str, port: int, flag: str) -> None:
-    # TVM's connect retries for minutes and then raises a multi-line error; a plain
-    # socket says at once (and in one line) that nothing listens there.
-    # A tracker gets its handshake (a bare connect-and-close makes it log a traceback),
-    # which also tells a tracker from something else listening there.
+# A client key no server expects: the server answers the handshake with "mismatch" and
+# closes, so the probe proves a TVM RPC server listens without taking its one session.
+_PROBE_KEY = b"client:tvmdeploy-probe-not-a-session"
+
+
+def _check_reachable(host: str, port: int, flag: str, timeout: float = SESSION_START_TIMEOUT_S) -> None:
+    # TVM's connect retries for minutes and then raises a multi-line error, or waits
+    # forever on something that is not TVM RPC; a plain socket says at once (and in one
+    # line) that nothing listens there, and the handshake that something else does.
     import_tvm()
-    from tvm.rpc.base import RPC_TRACKER_MAGIC
+    from tvm.rpc import base
 
+    role = "server" if flag == "--rpc" else "tracker"
     try:
         with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as sock:
+            sock.settimeout(timeout)
             if flag == "--tracker":
-                sock.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
-                reply = sock.recv(4)
-                if len(reply) != 4 or struct.unpack("<i", reply)[0] != RPC_TRACKER_MAGIC:
-                    raise RemoteError(f"--tracker {host}:{port}: something listens there, but not a TVM RPC tracker")
+                sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+                expected = {base.RPC_TRACKER_MAGIC}
+            else:
+                sock.sendall(struct.pack("<ii", base.RPC_MAGIC, len(_PROBE_KEY)) + _PROBE_KEY)
+                expected = {base.RPC_CODE_SUCCESS, base.RPC_CODE_MISMATCH, base.RPC_CODE_DUPLICATE}
+            reply = _recv_exactly(sock, 4)
+    except socket.timeout:
+        raise RemoteTimeout(
+            f"{flag} {host}:{port}: something listens there but gave no TVM RPC handshake within {timeout:g} s "
+            f"(not a TVM RPC {role}, or one busy with another client)"
+        ) from None
     except OSError as e:
         raise RemoteError(
             f"{flag} {host}:{port}: cannot connect ({e.strerror or e}); is the RPC "
-            f"{'server' if flag == '--rpc' else 'tracker'} running (e.g. `tvmdeploy board start`)?"
+            f"{role} running (e.g. `tvmdeploy board start`)?"
         ) from None
+    if len(reply) != 4 or struct.unpack("<i", reply)[0] not in expected:
+        raise RemoteError(f"{flag} {host}:{port}: something listens there, but not a TVM RPC {role}")
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def tracker_summary(tracker: str) -> dict[str, int]:
@@ -125,7 +178,9 @@ def tracker_summary(tracker: str) -> dict[str, int]:
     host, port = parse_address(tracker, "--tracker")
     _check_reachable(host, port, "--tracker")
     try:
-        summary = rpc.connect_tracker(host, port).summary()
+        summary = bounded(lambda: rpc.connect_tracker(host, port).summary(), SESSION_START_TIMEOUT_S, f"--tracker {tracker}")
+    except RemoteTimeout:
+        raise
     except Exception as e:
         raise RemoteError(f"--tracker {tracker}: not a TVM RPC tracker? {summarize_exception(e)}") from None
     return {key: int(info.get("free", 0)) for key, info in summary.get("queue_info", {}).items()}
@@ -154,24 +209,22 @@ def wait_for_device(tracker: str, key: str, timeout: float = 60) -> int:
 class RemoteModel:
     """An artifact loaded on a remote device: the thin loader's calling convention, run over RPC."""
 
-    def __init__(self, folder: Path, manifest: Manifest, device: RemoteDevice, threads: int | None = None):
+    def __init__(self, folder: Path, manifest: Manifest, device: RemoteDevice, threads: int | None = None, library: bytes | None = None):
         tvm = import_tvm()
 
         self.path, self.manifest, self.device = folder, manifest, device
         self.inputs, self.outputs = list(manifest.inputs), list(manifest.outputs)
         if manifest.device != "cpu":
             raise ArtifactError(f"{folder}: remote runs support CPU artifacts; this one is for {manifest.device}")
+        if library is None:  # the bytes that were hashed, never the file re-read by path
+            with ArtifactFolder(folder) as files:
+                library = files.read_verified(manifest.library, manifest.files[manifest.library])
         self.session = device.connect()
         self._dev = self.session.cpu()
         try:
-            nthreads = manifest.threads if threads is None else threads
-            if nthreads:
-                config = self.session.get_function("runtime.config_threadpool")
-                config(0, int(nthreads))
-            self.session.upload(str(folder / manifest.library))
-            library = self.session.load_module(manifest.library)
-            self._vm = tvm.runtime.vm.VirtualMachine(library, self._dev)
-            self._main = self._vm["main"]
+            bounded(lambda: self._load(tvm, library, threads), OPERATION_TIMEOUT_S, f"loading on {device.describe()}")
+        except RemoteTimeout:
+            raise
         except Exception as e:
             raise RemoteError(
                 f"{folder}: the device ({device.describe()}) could not load the artifact built for "
@@ -179,6 +232,16 @@ class RemoteModel:
                 f"for the device's preset (e.g. --target aarch64-cortex-a72)?"
             ) from None
         self._tvm = tvm
+
+    def _load(self, tvm, library: bytes, threads: int | None) -> None:
+        nthreads = self.manifest.threads if threads is None else threads
+        if nthreads:
+            config = self.session.get_function("runtime.config_threadpool")
+            config(0, int(nthreads))
+        self.session.upload(bytearray(library), target=self.manifest.library)
+        module = self.session.load_module(self.manifest.library)
+        self._vm = tvm.runtime.vm.VirtualMachine(module, self._dev)
+        self._main = self._vm["main"]
 
     def close(self) -> None:
         """End the RPC session: the device serves one session at a time."""
@@ -198,9 +261,11 @@ class RemoteModel:
     random_inputs = LoadedModel.random_inputs
 
     def __call__(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
-        tensors = self._upload_inputs(self._bind_inputs(args, kwargs))
+        arrays = self._bind_inputs(args, kwargs)
         try:
-            return to_numpy(self._main(*tensors))
+            return bounded(lambda: to_numpy(self._main(*self._upload_inputs(arrays))), OPERATION_TIMEOUT_S, f"running on {self.device.describe()}")
+        except RemoteTimeout:
+            raise
         except Exception as e:
             raise RemoteError(f"the remote run failed ({self.device.describe()}): {summarize_exception(e)}") from None
 
@@ -209,16 +274,23 @@ class RemoteModel:
 
     def time(self, inputs: Sequence[np.ndarray], warmup: int = 3, repeat: int = 20) -> list[float]:
         """Seconds per run measured on the device itself (no network time), `repeat` samples."""
-        tensors = self._upload_inputs(self._bind_inputs(inputs, {}))
+        arrays = self._bind_inputs(inputs, {})
         try:
-            for _ in range(warmup):
-                self._main(*tensors)
-            # A saved closure: the timed calls do no argument passing over the network.
-            self._vm.save_function("main", "main_timed", *tensors)
-            timer = self._vm.time_evaluator("main_timed", self._dev, number=1, repeat=repeat)
-            return [float(s) for s in timer().results]
+            return bounded(lambda: self._time(arrays, warmup, repeat), OPERATION_TIMEOUT_S, f"timing on {self.device.describe()}")
+        except RemoteTimeout:
+            raise
         except Exception as e:
             raise RemoteError(f"timing on the device failed ({self.device.describe()}): {summarize_exception(e)}") from None
+
+
+    def _time(self, arrays, warmup: int, repeat: int) -> list[float]:
+        tensors = self._upload_inputs(arrays)
+        for _ in range(warmup):
+            self._main(*tensors)
+        # A saved closure: the timed calls do no argument passing over the network.
+        self._vm.save_function("main", "main_timed", *tensors)
+        timer = self._vm.time_evaluator("main_timed", self._dev, number=1, repeat=repeat)
+        return [float(s) for s in timer().results]
 
 
 def load_remote(
@@ -227,19 +299,22 @@ def load_remote(
     tracker: str | None = None,
     key: str | None = None,
     threads: int | None = None,
+    timeout_s: float = SESSION_START_TIMEOUT_S,
 ) -> RemoteModel:
     """Verify an artifact here, then upload and load it on a remote device.
 
     rpc: 'HOST:PORT' of a TVM RPC server; or tracker: 'HOST:PORT' with key: the device
     key. threads: runtime threads on the device (default: the manifest's).
     """
-    device = RemoteDevice(rpc=rpc, tracker=tracker, key=key)
+    device = RemoteDevice(rpc=rpc, tracker=tracker, key=key, timeout_s=timeout_s)
     folder = Path(path)
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
     if manifest.library.endswith(".tar"):
         raise ArtifactError(f"{folder}: a .tar library must be linked on the device; compile with export_format 'so'")
-    return RemoteModel(folder, manifest, device, threads)
+    with ArtifactFolder(folder) as files:
+        library = files.read_verified(manifest.library, manifest.files[manifest.library])
+    return RemoteModel(folder, manifest, device, threads, library)
 
 
 @dataclass(frozen=True)
@@ -270,7 +345,7 @@ def bench_remote(
     path: str | os.PathLike, device: RemoteDevice, threads: int | None = None, warmup: int = 3, repeat: int = 30
 ) -> RemoteBench:
     """Time an artifact on a remote device (no peer: ONNX Runtime would run here, not there)."""
-    with load_remote(path, rpc=device.rpc, tracker=device.tracker, key=device.key, threads=threads) as model:
+    with load_remote(path, rpc=device.rpc, tracker=device.tracker, key=device.key, threads=threads, timeout_s=device.timeout_s) as model:
         seconds = model.time(model.random_inputs(), warmup=warmup, repeat=repeat)
         manifest = model.manifest
     return RemoteBench(

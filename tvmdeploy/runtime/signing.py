@@ -132,11 +132,6 @@ def verify_manifest_signature(folder: Path, trusted_keys: Iterable[KeySource]) -
     Runs before any file of the artifact is hashed or loaded.
     """
     folder = Path(folder)
-    if isinstance(trusted_keys, (str, bytes, os.PathLike)):  # one key, not a list of them
-        trusted_keys = [trusted_keys]
-    keys = [load_public_key(k) for k in trusted_keys]
-    if not keys:
-        raise SignatureError("trusted_keys is empty: give at least one public key, or None to skip signature checks")
     try:
         manifest_bytes = _read_limited(folder / MANIFEST_NAME, _MAX_MANIFEST_BYTES, "manifest")
     except FileNotFoundError:
@@ -144,10 +139,27 @@ def verify_manifest_signature(folder: Path, trusted_keys: Iterable[KeySource]) -
     try:
         sig_bytes = _read_limited(folder / SIGNATURE_NAME, _MAX_SIGNATURE_BYTES, "signature")
     except FileNotFoundError:
+        sig_bytes = None
+    check_signature(folder, manifest_bytes, sig_bytes, trusted_keys)
+    try:
+        return Manifest.from_json(manifest_bytes.decode())
+    except (ValueError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{folder / MANIFEST_NAME}: unreadable manifest ({e}); recompile the artifact") from None
+
+
+def check_signature(folder: Path, manifest_bytes: bytes, sig_bytes: bytes | None, trusted_keys: Iterable[KeySource]) -> None:
+    """The signature document `sig_bytes` (None: unsigned) signs exactly `manifest_bytes`
+    with one of the trusted keys; else one SignatureError line naming what is wrong."""
+    if isinstance(trusted_keys, (str, bytes, os.PathLike)):  # one key, not a list of them
+        trusted_keys = [trusted_keys]
+    keys = [load_public_key(k) for k in trusted_keys]
+    if not keys:
+        raise SignatureError("trusted_keys is empty: give at least one public key, or None to skip signature checks")
+    if sig_bytes is None:
         raise SignatureError(
             f"{folder} is not signed (no {SIGNATURE_NAME}) and trusted keys are required; "
             f"sign it with `tvmdeploy sign {folder} --key KEY`"
-        ) from None
+        )
     try:
         doc = json.loads(sig_bytes)
         if doc.get("format") != SIGNATURE_FORMAT or doc.get("algorithm") != "ed25519":
@@ -172,10 +184,6 @@ def verify_manifest_signature(folder: Path, trusted_keys: Iterable[KeySource]) -
             f"{folder}: the signature does not match {MANIFEST_NAME} (the manifest was modified after signing, "
             f"or the signature was forged); refusing to load it"
         )
-    try:
-        return Manifest.from_json(manifest_bytes.decode())
-    except (ValueError, KeyError, TypeError) as e:
-        raise ArtifactError(f"{folder / MANIFEST_NAME}: unreadable manifest ({e}); recompile the artifact") from None
 
 
 def _ed25519_verifier():

@@ -14,6 +14,7 @@ import io
 import os
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -48,26 +49,79 @@ def write_weights(path: Path, arrays: list[np.ndarray]) -> int:
     return total
 
 
-def read_weights(path: Path) -> list[np.ndarray]:
-    """The dense weight arrays, in order."""
+def read_weights(source: Path | BinaryIO, name: str | None = None) -> list[np.ndarray]:
+    """The dense weight arrays, in order, from a path or from bytes already read.
+
+    Every entry is checked before memory is allocated for it: entries numbered 0..n-1 with
+    nothing missing or extra, and a declared shape no larger than its stored data allows
+    (a mask of k bytes covers at most 8k elements), so a small file cannot ask for gigabytes.
+    """
+    where = name or str(source)
     try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, io.UnsupportedOperation) as e:
-        raise ValueError(f"{path}: not a readable weights file ({e})") from e
+        data = np.load(source, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, io.UnsupportedOperation) as e:
+        raise ValueError(f"{where}: not a readable weights file ({e})") from e
+    if not hasattr(data, "files"):
+        raise ValueError(f"{where}: not a {FORMAT} weights file (a single array, not an archive)")
     with data:
-        if "format" not in data.files or str(data["format"]) != FORMAT:
-            raise ValueError(f"{path}: not a {FORMAT} weights file")
-        count = sum(1 for name in data.files if name.endswith(".shape"))
-        arrays = []
-        for i in range(count):
-            shape = tuple(int(d) for d in data[f"{i}.shape"])
-            if f"{i}.dense" in data.files:
-                arrays.append(data[f"{i}.dense"])
-                continue
-            values = data[f"{i}.values"]
-            size = int(np.prod(shape))
-            mask = np.unpackbits(data[f"{i}.mask"], count=size).astype(bool)
-            dense = np.zeros(size, dtype=values.dtype)
-            dense[mask] = values
-            arrays.append(dense.reshape(shape))
-    return arrays
+        try:
+            if "format" not in data.files or str(data["format"]) != FORMAT:
+                raise ValueError(f"{where}: not a {FORMAT} weights file")
+            count = _entry_count(data.files, where)
+            _check_declared_sizes(data.zip, where)
+            return [_read_entry(data, i, where) for i in range(count)]
+        except (KeyError, zipfile.BadZipFile, EOFError, OSError) as e:
+            raise ValueError(f"{where}: damaged weights file ({type(e).__name__}: {e})") from None
+
+
+def _entry_count(files: list[str], where: str) -> int:
+    count = sum(1 for name in files if name.endswith(".shape"))
+    expected = {"format"} | {f"{i}.{kind}" for i in range(count) for kind in ("shape", "dense", "mask", "values")}
+    extra = sorted(set(files) - expected)
+    if extra:
+        raise ValueError(f"{where}: unexpected entry '{extra[0]}' (entries are 0..{count - 1})")
+    return count
+
+
+def _check_declared_sizes(archive: zipfile.ZipFile, where: str) -> None:
+    """Every array's declared bytes fit in the bytes stored for it (checked before numpy
+    allocates an array of the declared shape); stored uncompressed, as write_weights does."""
+    for info in archive.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(f"{where}: entry '{info.filename}' is compressed; {FORMAT} files store entries uncompressed")
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(member)
+        declared = dtype.itemsize
+        for d in shape:
+            declared *= d
+        if dtype.hasobject or declared > info.file_size:
+            raise ValueError(
+                f"{where}: entry '{info.filename}' declares {declared} bytes of {dtype} but stores {info.file_size}"
+            )
+
+
+def _read_entry(data, i: int, where: str) -> np.ndarray:
+    shape = data[f"{i}.shape"]
+    if shape.dtype.kind not in "iu" or shape.ndim != 1 or len(shape) > 32 or (shape < 0).any():
+        raise ValueError(f"{where}: weight {i} has an invalid shape {shape.tolist()}")
+    shape = tuple(int(d) for d in shape)
+    if f"{i}.dense" in data.files:
+        dense = data[f"{i}.dense"]
+        if dense.shape != shape:
+            raise ValueError(f"{where}: weight {i} is stored as {list(dense.shape)} but declared {list(shape)}")
+        return dense
+    mask_bits = data[f"{i}.mask"]
+    values = data[f"{i}.values"]
+    size = 1
+    for d in shape:
+        size *= d
+    if mask_bits.dtype != np.uint8 or size > 8 * mask_bits.size:
+        raise ValueError(f"{where}: weight {i} declares {size} elements, more than its mask of {mask_bits.size} bytes holds")
+    mask = np.unpackbits(mask_bits, count=size).astype(bool)
+    if int(mask.sum()) != values.size:
+        raise ValueError(f"{where}: weight {i} has {values.size} values for {int(mask.sum())} non-zero positions")
+    dense = np.zeros(size, dtype=values.dtype)
+    dense[mask] = values.reshape(-1)
+    return dense.reshape(shape)

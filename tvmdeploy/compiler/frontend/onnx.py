@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from onnx import helper
 
 from ...errors import ModelImportError, summarize_exception
 from ...runtime.manifest import TensorSpec
+from ...runtime.schema import DTYPES
 from .model import ImportedModel
 from .onnx_rewrite import (
     computes_shapes,
@@ -49,8 +51,10 @@ def import_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]
         if folded is not None:
             model = folded
             import_passes.append("onnxruntime-basic-fold")
+    _check_dtypes(path, inputs, "input")  # before the (slow) conversion
     mod = _to_relax(model, path, inputs)
     outputs = _output_specs(model, mod)
+    _check_dtypes(path, outputs, "output")
     return ImportedModel(
         name=_model_name(path),
         source=path.resolve(),
@@ -62,19 +66,36 @@ def import_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]
     )
 
 
+def _dtype_name(elem_type: int) -> str:
+    try:
+        return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
+    except (KeyError, TypeError, ValueError):  # UNDEFINED, STRING and types numpy lacks
+        return onnx.TensorProto.DataType.Name(elem_type).lower() if elem_type in onnx.TensorProto.DataType.values() else str(elem_type)
+
+
+def _check_dtypes(path: Path, specs: list[TensorSpec], role: str) -> None:
+    """Element types the deploy side can hand over as numpy arrays; sub-byte ones (int4,
+    float4) have no numpy dtype, so an artifact taking them could never be called."""
+    for spec in specs:
+        if spec.dtype not in DTYPES:
+            raise ModelImportError(
+                f"{path}: {role} '{spec.name}' has element type {spec.dtype}, which the loader cannot pass "
+                f"(supported: {', '.join(sorted(DTYPES))}); change the model's {role} to int8/uint8/float32 "
+                f"and convert inside the graph"
+            )
+
+
 def _model_name(path: Path) -> str:
     stem = path.stem
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem) or "model"
 
 
+# Protobuf's own limit: larger models keep their weights in external data files.
+MAX_MODEL_BYTES = 2 << 30
+
+
 def _read_model(path: Path) -> tuple[onnx.ModelProto, str]:
-    if not path.exists():
-        raise ModelImportError(f"{path}: no such file")
-    if path.is_dir():
-        raise ModelImportError(f"{path}: is a folder, expected an .onnx model file")
-    data = path.read_bytes()
-    if not data:
-        raise ModelImportError(f"{path}: the file is empty, expected an ONNX model")
+    data = _read_bounded(path)
     try:
         model = onnx.load_from_string(data)
     except Exception:
@@ -84,12 +105,94 @@ def _read_model(path: Path) -> tuple[onnx.ModelProto, str]:
             f"{path}: not an ONNX model (could not parse a graph from it); "
             f"export one with torch.onnx.export, tf2onnx or keras2onnx"
         )
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+    _check_opset(model, path)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    if external:
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as e:
             raise ModelImportError(f"{path}: its external weight files cannot be read: {e}") from None
+    _check_model(model, path, external)
     return model, hashlib.sha256(data).hexdigest()
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, refusing (before reading) anything that is not a regular file of a
+    size protobuf can parse: /dev/zero or a FIFO would be read forever."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ModelImportError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ModelImportError(f"{path}: cannot read it ({e.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ModelImportError(f"{path}: is a folder, expected an .onnx model file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelImportError(f"{path}: not a regular file (a device or a pipe); give the .onnx file itself")
+    if info.st_size > MAX_MODEL_BYTES:
+        raise ModelImportError(
+            f"{path}: {info.st_size / 2**30:.1f} GiB, more than the 2 GiB an ONNX file can hold; save the "
+            f"weights as external data (onnx.save_model(model, path, save_as_external_data=True))"
+        )
+    if info.st_size == 0:
+        raise ModelImportError(f"{path}: the file is empty, expected an ONNX model")
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_MODEL_BYTES + 1)
+    except OSError as e:
+        raise ModelImportError(f"{path}: cannot read it ({e.strerror})") from None
+
+
+def importer_max_opset() -> int:
+    """The highest ONNX opset TVM's importer has a converter version for."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    versions = [
+        int(name[len("_impl_v"):])
+        for converter in _get_convert_map().values()
+        for name in dir(converter)
+        if name.startswith("_impl_v") and name[len("_impl_v"):].isdigit()
+    ]
+    return max(versions)
+
+
+def _check_opset(model: onnx.ModelProto, path: Path) -> None:
+    ceiling = importer_max_opset()
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version > ceiling:
+            raise ModelImportError(
+                f"{path}: ONNX opset {entry.version} is newer than the highest TVM's importer knows ({ceiling}); "
+                f"export with opset_version={ceiling} or lower"
+            )
+
+
+def _check_model(model: onnx.ModelProto, path: Path, external: bool) -> None:
+    """ONNX's full check (graph structure, SSA, types, shape inference): what ONNX Runtime
+    refuses, refused here, naming the node the checker names."""
+    writers: dict[str, onnx.NodeProto] = {}
+    for node in model.graph.node:  # ONNX's own message names the tensor, not the nodes
+        for name in (o for o in node.output if o):
+            if name in writers:
+                first = writers[name]
+                raise ModelImportError(
+                    f"{path}: tensor '{name}' is written by two nodes, '{first.name or first.op_type}' "
+                    f"({first.op_type}) and '{node.name or node.op_type}' ({node.op_type}); each tensor needs one writer"
+                )
+            writers[name] = node
+    try:
+        if external:  # the checker reads a model with external data from its path
+            onnx.checker.check_model(str(path), full_check=True)
+        else:
+            onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        detail = " ".join(str(e).split())
+        shapeless = [
+            v.name for v in (*model.graph.input, *model.graph.output)
+            if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")
+        ]
+        if "'shape'" in detail and shapeless:  # the checker does not say which value it means
+            detail += f" (no shape on: {', '.join(shapeless[:5])})"
+        raise ModelImportError(f"{path}: not a valid ONNX model: {detail[:400]}; fix the exporter or the graph") from None
 
 
 def _check_supported_ops(model: onnx.ModelProto, path: Path) -> None:
@@ -124,7 +227,7 @@ def _static_inputs(model: onnx.ModelProto, path: Path, overrides: dict[str, tupl
         tensor_type = inp.type.tensor_type
         if not inp.type.HasField("tensor_type"):
             raise ModelImportError(f"{path}: input '{inp.name}' is not a tensor (sequence/map inputs are unsupported)")
-        dtype = str(np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)))
+        dtype = _dtype_name(tensor_type.elem_type)
         declared = [
             d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
             for d in tensor_type.shape.dim

@@ -24,12 +24,16 @@ whose run was killed (continue it). Kernels with records but no ledger entry cam
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,6 +44,8 @@ from ...fsutil import atomic_write_text, process_alive
 from .records import RecordSet, read_database, write_database
 
 CACHE_LAYOUT_VERSION = 1
+LOCK_TIMEOUT_S = float(os.environ.get("TVMDEPLOY_LOCK_TIMEOUT_S", 600))
+_log = logging.getLogger("tvmdeploy.tuning")
 
 
 def target_key(target: dict[str, Any]) -> str:
@@ -51,6 +57,10 @@ def target_key(target: dict[str, Any]) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) + f"-{digest}"
 
 
+class CacheLockTimeout(TvmDeployError):
+    """Another process held the tuning cache's lock for longer than we wait."""
+
+
 @dataclass(frozen=True)
 class TargetCache:
     """The cache folder of one target (resolved TVM target dict) and one TVM version."""
@@ -58,32 +68,55 @@ class TargetCache:
     folder: Path
     target: dict[str, Any]
     tvm_version: str
+    lock_timeout_s: float = LOCK_TIMEOUT_S
 
     @classmethod
     def open(cls, target: dict[str, Any], tvm_version: str, root: str | os.PathLike | None = None) -> "TargetCache":
         root = Path(root) if root else default_cache_root()
         folder = root / "tuning" / f"v{CACHE_LAYOUT_VERSION}" / f"tvm-{tvm_version}" / target_key(target)
-        folder.mkdir(parents=True, exist_ok=True)
-        target_file = folder / "target.json"
-        if not target_file.exists():
-            atomic_write_text(target_file, json.dumps(target, indent=2, sort_keys=True) + "\n")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            target_file = folder / "target.json"
+            if not target_file.exists():
+                atomic_write_text(target_file, json.dumps(target, indent=2, sort_keys=True) + "\n")
+        except OSError as e:
+            # A read-only cache (a shared mount, a container image) still serves plain
+            # compiles; only tuning, which writes, reports it.
+            _log.info("tuning cache %s is not writable (%s); reading it only", folder, e.strerror)
         return cls(folder=folder, target=target, tvm_version=tvm_version)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Exclusive access to the shared database files (blocks until available)."""
-        with open(self.folder / "lock", "a+") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        """Exclusive access for writers of the shared files; waits at most lock_timeout_s."""
+        path = self.folder / "lock"
+        try:
+            lock = open(path, "a+")
+        except OSError as e:
+            raise TvmDeployError(f"tuning cache {self.folder}: cannot write its lock file ({e.strerror}); "
+                                 f"tuning needs a writable cache (--cache-dir)") from None
+        with lock:
+            _acquire(lock, path, self.lock_timeout_s)
             try:
                 yield
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def read(self) -> RecordSet:
-        """The shared records, with the leftovers of killed sessions merged in."""
-        with self.locked():
-            self._recover_dead_sessions()
-            return read_database(self.folder)
+        """The shared records, without a lock: the files are only ever replaced whole.
+
+        Sessions of killed tuning processes are merged in first when the lock is free and
+        the folder writable; otherwise they wait for a later writer.
+        """
+        with contextlib.suppress(OSError, TvmDeployError):
+            with dataclasses.replace(self, lock_timeout_s=0).locked():
+                self._recover_dead_sessions()
+        records = read_database(self.folder)
+        if records.skipped_lines:
+            _log.warning(
+                "tuning cache %s: dropped %d damaged or impossible line(s); the next tuning run rewrites the files",
+                self.folder, records.skipped_lines,
+            )
+        return records
 
     def merge(self, new: RecordSet) -> int:
         """Merge records into the shared database; returns how many were new."""
@@ -150,6 +183,39 @@ class TargetCache:
         return len(records.records)
 
 
+def _acquire(lock, path: Path, timeout: float) -> None:
+    """flock with a timeout; while waiting, say who holds it (the holder writes its pid there)."""
+    deadline, said = time.monotonic() + timeout, False
+    while True:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = _holder(path)
+            if time.monotonic() >= deadline:
+                raise CacheLockTimeout(
+                    f"tuning cache lock {path} is held by {holder} for more than {timeout:g} s; "
+                    f"wait for it to finish, or stop it if it is stuck"
+                ) from None
+            if not said:
+                _log.warning("waiting for the tuning cache lock %s, held by %s", path, holder)
+                said = True
+            time.sleep(0.1)
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()} {' '.join(sys.argv)[:200]}\n")
+    lock.flush()
+
+
+def _holder(path: Path) -> str:
+    try:
+        lines = path.read_text().strip().splitlines()
+        pid, _, command = (lines[-1] if lines else "").partition(" ")
+    except OSError:
+        return "another process"
+    return f"pid {pid} ({command or 'unknown command'})" if pid.isdigit() else "another process"
+
+
 def import_records(path: str | os.PathLike, tvm_version: str, root: str | os.PathLike | None = None) -> tuple[TargetCache, int, int]:
     """Merge a file written by `TargetCache.export` into the cache of the target it names.
 
@@ -171,13 +237,39 @@ def import_records(path: str | os.PathLike, tvm_version: str, root: str | os.Pat
             f"{path}: records were made with TVM {payload.get('tvm')}, this is TVM {tvm_version}; "
             f"schedules do not carry across TVM versions, tune again"
         )
-    incoming = RecordSet()
-    try:
-        workloads = [str(w) for w in payload["workloads"]]
-        for index, record in payload["records"]:
-            incoming.add_record(workloads[index], json.dumps(record, separators=(",", ":")))
-        target = dict(payload["target"])
-    except (KeyError, IndexError, TypeError, ValueError):
-        raise TvmDeployError(f"{path}: damaged tuning-records file (bad workload/record entries)") from None
+    incoming, target = _validated_records(path, payload)
     cache = TargetCache.open(target, tvm_version, root)
     return cache, len(incoming.records), cache.merge(incoming)
+
+
+def _validated_records(path: Path, payload: dict) -> tuple[RecordSet, dict]:
+    """The file's records, each checked (index in range, and loadable by MetaSchedule), or
+    a one-line error naming the first bad one: a bad record must not reach the cache."""
+    from .tuner import record_loads
+
+    workloads, records, target = payload.get("workloads"), payload.get("records"), payload.get("target")
+    if not isinstance(workloads, list) or not isinstance(records, list) or not isinstance(target, dict):
+        raise TvmDeployError(f"{path}: damaged tuning-records file ('workloads', 'records' and 'target' are required)")
+    for i, line in enumerate(workloads):
+        if not _is_workload_line(line):
+            raise TvmDeployError(f"{path}: workload {i} is not a [hash, module] JSON line; export the records again")
+    incoming = RecordSet()
+    for i, entry in enumerate(records):
+        index = entry[0] if isinstance(entry, list) and len(entry) == 2 else None
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(workloads):
+            raise TvmDeployError(
+                f"{path}: record {i} points at workload {index!r}, not one of 0..{len(workloads) - 1}; export the records again"
+            )
+        record = json.dumps(entry[1], separators=(",", ":"))
+        if not isinstance(entry[1], list) or not record_loads(workloads[index], record):
+            raise TvmDeployError(f"{path}: record {i} is not a tuning record MetaSchedule can load; export the records again")
+        incoming.add_record(workloads[index], record)
+    return incoming, target
+
+
+def _is_workload_line(line) -> bool:
+    try:
+        value = json.loads(line) if isinstance(line, str) else None
+    except ValueError:
+        return False
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)

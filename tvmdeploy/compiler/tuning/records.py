@@ -3,7 +3,8 @@
 The database is two files of JSON lines: workloads (`[structural hash, module]`) and
 tuning records (`[workload line index, record]`). Records point at workloads by line
 number, so files cannot simply be concatenated: merging re-indexes. A line cut short by
-a killed process is skipped, never fatal. Files are only ever replaced whole (temporary
+a killed process, garbage, or a record pointing at no workload is skipped (and counted),
+never fatal. Files are only ever replaced whole (temporary
 name + rename), so a reader never sees a half-written database.
 """
 
@@ -55,14 +56,18 @@ class RecordSet:
 def _json_lines(path: Path):
     if not path.is_file():
         return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
+    with open(path, "rb") as f:  # bytes: one undecodable line must not end the whole file
+        for raw in f:
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                yield "", None
+                continue
             if not line:
                 continue
             try:
                 yield line, json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 yield line, None
 
 

@@ -1,6 +1,6 @@
 """MetaSchedule auto-scheduling of a model's kernels, into the target's tuning cache.
 
-    lower_for_tuning   Relax graph -> fused TIR kernels (the same lowering the build uses,
+    (lowering.lower_for_tuning makes the kernels: the same lowering the build uses,
                        so tuned workloads match the kernels being built)
     tune               tune the kernels the cache does not cover yet, within a budget
     apply_cached       give every kernel the cache has a record for its best schedule
@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -31,7 +32,9 @@ from ..kernels.select import space_for_kernel
 from .budget import DEFAULT_TRIALS, TuningBudget  # noqa: F401  (re-exported)
 from .cache import TargetCache
 from .progress import Progress, ProgressState
-from .records import RECORD_FILE, WORKLOAD_FILE, read_database
+from .records import RECORD_FILE, WORKLOAD_FILE, RecordSet, read_database, write_database
+
+_log = logging.getLogger("tvmdeploy.tuning")
 
 if TYPE_CHECKING:
     from .remote import RemoteMeasure
@@ -92,13 +95,15 @@ class TuningReport:
 def apply_cached(fused: tvm.ir.IRModule, target: tvm.target.Target, cache: TargetCache, ran=None) -> tuple[tvm.ir.IRModule, int]:
     """Schedule every kernel the cache has a record for; returns (module, kernels scheduled).
     ran: a PassLog that records MetaSchedule's pass when it scheduled any kernel."""
-    records = cache.read()
+    records = cache.read()  # no lock, damaged lines dropped: a read-only cache serves too
     if not records.records:
         return fused, 0
-    database = _load_database(cache.folder)
-    with target, database:  # the pass reads the current target when it is made
-        apply_database = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)
-        scheduled = apply_database(fused)
+    # TVM reads a private copy of the clean records, never the shared files themselves.
+    with tempfile.TemporaryDirectory(prefix="tvmdeploy-db-") as clean:
+        database = load_database_healing(Path(clean), records)
+        with target, database:  # the pass reads the current target when it is made
+            apply_database = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)
+            scheduled = apply_database(fused)
     count = sum(1 for _, f in scheduled.functions.items() if isinstance(f, _tvm.PrimFunc) and _tvm.is_scheduled(f))
     if count and ran is not None:
         ran.append(str(apply_database.info.name))
@@ -131,7 +136,7 @@ def tune(
     order = sorted(range(len(extracted)), key=lambda i: -reports[i].flops * reports[i].weight)
     extracted, reports = [extracted[i] for i in order], [reports[i] for i in order]
     with cache.session() as session:
-        database = _load_database(session)
+        database = load_database_healing(session, read_database(session))
         per_task = budget.per_task(len(extracted))
         ledger = cache.read_ledger()
         seeded = read_database(session)
@@ -349,6 +354,41 @@ def _load_database(folder: Path):
         path_tuning_record=str(folder / RECORD_FILE),
         allow_missing=True,
     )
+
+
+def load_database_healing(folder: Path, records: RecordSet):
+    """A MetaSchedule database of `records` written to `folder`; records TVM cannot load are dropped.
+
+    TVM loads a database all or nothing (one record whose trace does not replay fails the
+    whole load with "parallel_for_dynamic error"), so on failure each record is tried on its
+    own and only the loadable ones are kept: a damaged record costs its re-tuning, never a
+    failed compile.
+    """
+    write_database(folder, records)
+    try:
+        return _load_database(folder)
+    except Exception:  # noqa: BLE001 - TVM raises its own error types from the FFI
+        pass
+    good, dropped = RecordSet(), 0
+    for index, record in records.records:
+        if record_loads(records.workloads[index], record):
+            good.add_record(records.workloads[index], record)
+        else:
+            dropped += 1
+    _log.warning("tuning cache: dropped %d record(s) whose schedule MetaSchedule cannot replay", dropped)
+    write_database(folder, good)
+    return _load_database(folder)
+
+
+def record_loads(workload_line: str, record_json: str) -> bool:
+    """Whether MetaSchedule can load this record (its trace replays on its workload)."""
+    register_intrinsics("llvm")  # int8 records name tvmdeploy's intrinsics
+    try:
+        workload = ms.database.Workload.from_json(json.loads(workload_line))
+        ms.database.TuningRecord.from_json(json.loads(record_json), workload)
+        return True
+    except Exception:  # noqa: BLE001 - TVM's errors for a bad trace vary; any is "cannot load"
+        return False
 
 
 def _median_ms(run_secs) -> float | None:
