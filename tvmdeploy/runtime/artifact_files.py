@@ -76,6 +76,16 @@ class ArtifactFolder:
         finally:
             os.close(fd)
 
+    def exists(self, name: str) -> bool:
+        """Whether anything (a file, a link, a folder) has this plain name in the folder."""
+        if plain_name_problem(name):
+            return False
+        try:
+            os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+            return True
+        except OSError:
+            return False
+
     def size(self, name: str) -> int | None:
         """Size of a listed regular file (None when missing or not a plain file)."""
         try:

@@ -46,13 +46,13 @@ def _read_manifest(folder: ArtifactFolder, trusted_keys=None) -> Manifest:
     """The manifest, schema-checked; with trusted keys, parsed from the very bytes whose
     signature was checked (before any other file is read)."""
     where = folder.path / MANIFEST_NAME
-    if folder.size(MANIFEST_NAME) is None:
+    if not folder.exists(MANIFEST_NAME):
         raise ArtifactError(f"{folder.path}: not a tvmdeploy artifact (no {MANIFEST_NAME}); compile one with `tvmdeploy compile`")
     text = folder.read(MANIFEST_NAME, MAX_MANIFEST_BYTES)
     if trusted_keys is not None:
         from .signing import SIGNATURE_NAME, check_signature
 
-        signature = folder.read(SIGNATURE_NAME, 64 * 1024) if folder.size(SIGNATURE_NAME) is not None else None
+        signature = folder.read(SIGNATURE_NAME, 64 * 1024) if folder.exists(SIGNATURE_NAME) else None
         check_signature(folder.path, text, signature, trusted_keys)
     try:
         data = json.loads(text)
