@@ -64,11 +64,15 @@ def test_two_nodes_writing_one_tensor_name_both(tmp_path, capsys):
     assert "tensor 'y' is written by two nodes, 'times_scale' (Mul) and 'second_writer' (Relu)" in err
 
 
-def test_checker_failure_names_the_value(tmp_path, capsys):
+def test_output_without_a_declared_shape_is_accepted_as_onnxruntime_does(tmp_path):
     model = _scale_model(in_shape=())
-    model.graph.output[0].type.tensor_type.ClearField("shape")
-    err = _cli_error(capsys, "compile", _save(model, tmp_path / "shapeless.onnx"))
-    assert "not a valid ONNX model" in err and "(no shape on: y)" in err
+    model.graph.output[0].type.tensor_type.ClearField("shape")  # the checker alone would refuse it
+    result = compile_model(_save(model, tmp_path / "shapeless.onnx"), "host", output_dir=tmp_path / "art")
+    assert result.manifest.outputs == [TensorSpec("y", (3,), "float32")]
+    model.graph.node.append(helper.make_node("Relu", ["x", "x"], ["z"], name="bad_relu"))  # still caught
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, []))
+    with pytest.raises(ModelImportError, match=r"not a valid ONNX model: .*bad_relu"):
+        compile_model(_save(model, tmp_path / "shapeless_bad.onnx"), "host", output_dir=tmp_path / "art2")
 
 
 def test_checker_failure_names_the_node(tmp_path, capsys):

@@ -179,20 +179,34 @@ def _check_model(model: onnx.ModelProto, path: Path, external: bool) -> None:
                     f"({first.op_type}) and '{node.name or node.op_type}' ({node.op_type}); each tensor needs one writer"
                 )
             writers[name] = node
+    problem = _checker_problem(str(path) if external else model)  # external data: read from the path
+    if problem and _SHAPELESS in problem and _shapeless_values(model) and not external:
+        # Inputs and outputs declared without a shape are valid for ONNX Runtime; the checker
+        # insists on one and stops there. The rest of the graph is checked on a copy with
+        # inferred shapes; what still has none gets it from --input-shape (_static_inputs
+        # says so) or, for outputs, from TVM's own inference.
+        problem = _checker_problem(onnx.shape_inference.infer_shapes(model))
+        problem = None if problem and _SHAPELESS in problem else problem
+    if problem:
+        raise ModelImportError(f"{path}: not a valid ONNX model: {problem[:400]}; fix the exporter or the graph")
+
+
+_SHAPELESS = "Field 'shape' of 'type' is required but missing"
+
+
+def _checker_problem(model) -> str | None:
     try:
-        if external:  # the checker reads a model with external data from its path
-            onnx.checker.check_model(str(path), full_check=True)
-        else:
-            onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        detail = " ".join(str(e).split())
-        shapeless = [
-            v.name for v in (*model.graph.input, *model.graph.output)
-            if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")
-        ]
-        if "'shape'" in detail and shapeless:  # the checker does not say which value it means
-            detail += f" (no shape on: {', '.join(shapeless[:5])})"
-        raise ModelImportError(f"{path}: not a valid ONNX model: {detail[:400]}; fix the exporter or the graph") from None
+        return " ".join(str(e).split())
+    return None
+
+
+def _shapeless_values(model: onnx.ModelProto) -> list[str]:
+    return [
+        v.name for v in (*model.graph.input, *model.graph.output)
+        if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")
+    ]
 
 
 def _check_supported_ops(model: onnx.ModelProto, path: Path) -> None:
