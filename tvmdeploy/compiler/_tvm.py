@@ -29,6 +29,7 @@ from tvm.target import codegen as _llvm_codegen
 TVM_VERSION: str = tvm.__version__
 
 PrimFunc = tirx.PrimFunc
+RelaxConstant = tvm.ir.GenericConst  # a Relax constant (was relax.Constant)
 METASCHEDULE_LOGGER = "tvm.s_tir.meta_schedule"
 # Set on a PrimFunc once a schedule (tuned or default) has been applied to it.
 _SCHEDULED_ATTR = "tirx.is_scheduled"
@@ -383,6 +384,7 @@ __all__ = [
     "DeadlineSearch",
     "METASCHEDULE_LOGGER",
     "PrimFunc",
+    "RelaxConstant",
     "T",
     "TensorIntrin",
     "is_scheduled",

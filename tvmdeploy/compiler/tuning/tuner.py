@@ -96,8 +96,8 @@ def apply_cached(fused: tvm.ir.IRModule, target: tvm.target.Target, cache: Targe
     if not records.records:
         return fused, 0
     database = _load_database(cache.folder)
-    apply_database = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)
-    with target, database:
+    with target, database:  # the pass reads the target when it is made, not only when run
+        apply_database = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)
         scheduled = apply_database(fused)
     count = sum(1 for _, f in scheduled.functions.items() if isinstance(f, _tvm.PrimFunc) and _tvm.is_scheduled(f))
     if count and ran is not None:
