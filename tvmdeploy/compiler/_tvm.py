@@ -204,6 +204,34 @@ def register_tvm_tensor_intrinsics(target_kind: str = "llvm") -> None:
         importlib.import_module(f"{name}.cuda")
 
 
+def arg_bytes(prim_func) -> list[int]:
+    """Bytes of each of a kernel's tensor arguments (static shapes)."""
+    import math
+
+    import numpy as np
+
+    return [
+        math.prod(int(d) for d in info.shape) * np.dtype(str(info.dtype)).itemsize
+        for info in ms.arg_info.ArgInfo.from_prim_func(prim_func)
+    ]
+
+
+def serial_cpu_space():
+    """MetaSchedule's default llvm design space, with no parallel loops: its
+    ParallelizeVectorizeUnroll rule (TVM's DefaultLLVM settings) with parallelism off.
+    (A target with num-cores 1 is not enough: the rule still parallelizes up to
+    num-cores x 16 jobs.)"""
+    rules = [
+        ms.schedule_rule.ParallelizeVectorizeUnroll(
+            max_jobs_per_core=-1, max_vectorize_extent=64, unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True
+        )
+        if isinstance(rule, ms.schedule_rule.ParallelizeVectorizeUnroll)
+        else rule
+        for rule in ms.ScheduleRule.create("llvm")
+    ]
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs="llvm", mutator_probs="llvm")
+
+
 @tvm.ir.utils.derived_object
 class DeadlineSearch(ms.search_strategy.PySearchStrategy):
     """EvolutionarySearch that reports "no more candidates" once the deadline passes.
@@ -366,6 +394,7 @@ def metaschedule_alloc_from_host(session, device, args_info, alloc_repeat):
 
 __all__ = [
     "TVM_VERSION",
+    "arg_bytes",
     "cpu_features",
     "cross_compiler",
     "detect_host",
@@ -381,6 +410,7 @@ __all__ = [
     "nvcc_for_cuda",
     "ms",
     "register_tvm_tensor_intrinsics",
+    "serial_cpu_space",
     "DeadlineSearch",
     "METASCHEDULE_LOGGER",
     "PrimFunc",

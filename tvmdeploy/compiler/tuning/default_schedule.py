@@ -46,6 +46,27 @@ def apply_default_schedules(
     return mod, count
 
 
+# Kernels below this many floating-point operations AND bytes of arguments get a
+# single-thread schedule. Waking the thread pool costs ~3-4 us per parallel kernel on 2
+# cores (TVM-NOTES); splitting a kernel of t us over 2 threads pays only when
+# t/2 + 4 < t, i.e. t > 8 us, which at the 10-20 GFLOPS an untuned kernel reaches on one
+# core is ~0.8-1.6e5 operations, and for a copy (reshape, concatenate: no operations)
+# at ~15-30 GB/s from cache ~128 KiB. (Tuning measures, so tuned records make their own
+# choice.) `tests/benchmarks/fp32_speed.py --ab-overhead` compares this against
+# parallel-everything on the machine at hand.
+SERIAL_BELOW_FLOPS = 1e5
+SERIAL_BELOW_BYTES = 128 * 1024
+
+
+def _too_small_for_threads(func) -> bool:
+    try:
+        flops = _tvm.estimate_flops(tvm.ir.IRModule({"main": func}))
+        nbytes = sum(_tvm.arg_bytes(func))
+    except Exception:  # an analysis that cannot handle the kernel: keep the parallel default
+        return False
+    return flops < SERIAL_BELOW_FLOPS and nbytes < SERIAL_BELOW_BYTES
+
+
 def _cpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed: int) -> tuple[tvm.ir.IRModule, int]:
     register_intrinsics(target.kind.name)
     cores = int(target.attrs.get("num-cores", 1))
@@ -54,7 +75,11 @@ def _cpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed
         for gv, func in mod.functions.items():
             if not isinstance(func, _tvm.PrimFunc) or _is_scheduled(func):
                 continue
-            scheduled = _first_design_space_sample(func, target, cores, seed)
+            scheduled = None
+            if cores > 1 and _too_small_for_threads(func):
+                scheduled = _serial_sample(func, target, seed)
+            if scheduled is None:
+                scheduled = _first_design_space_sample(func, target, cores, seed)
             if scheduled is not None:
                 updates[gv] = _tvm.mark_scheduled(scheduled, gv.name_hint)
     if not updates:
@@ -63,6 +88,14 @@ def _cpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed
     for gv, func in updates.items():
         mod[gv] = func
     return mod, len(updates)
+
+
+def _serial_sample(func, target, seed: int):
+    """A single-thread schedule for a small kernel (None: a tensorized kernel, which keeps
+    its own design space, or a sample that failed)."""
+    if space_for_kernel(func, target) != "post-order-apply":
+        return None
+    return _design_space_sample(func, target, 1, seed, _tvm.serial_cpu_space())
 
 
 def _gpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target) -> tuple[tvm.ir.IRModule, int]:
