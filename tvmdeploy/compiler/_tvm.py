@@ -216,6 +216,37 @@ def arg_bytes(prim_func) -> list[int]:
     ]
 
 
+def tiled_blocks(trace) -> list[list[tuple[Any, int, int]]]:
+    """MetaSchedule's multi-level tiling in a trace: per tiled block, its loops' tile
+    instructions as (instruction, loop extent, tile count), in loop order."""
+    groups: list[list] = []
+    for inst in trace.insts:
+        kind = inst.kind.name
+        if kind == "Annotate" and "meta_schedule.tiling_structure" in str(inst.attrs):
+            groups.append([])
+        elif kind == "SamplePerfectTile" and groups:
+            decision = [int(d) for d in trace.decisions[inst]]
+            extent = 1
+            for d in decision:
+                extent *= d
+            groups[-1].append((inst, extent, len(decision)))
+    return groups
+
+
+def unroll_choices(trace) -> list[tuple[Any, list[int]]]:
+    """The trace's categorical samples (the unroll step choice) with their candidates."""
+    return [(inst, [int(c) for c in inst.attrs[0]]) for inst in trace.insts if inst.kind.name == "SampleCategorical"]
+
+
+def replay_with_decisions(mod, trace, decisions: dict):
+    """A Schedule of `mod` from `trace` with some sampling decisions replaced (postprocessors not applied)."""
+    for inst, decision in decisions.items():
+        trace = trace.with_decision(inst, decision, remove_postproc=True)
+    schedule = tvm.s_tir.Schedule(mod)
+    trace.apply_to_schedule(schedule, remove_postproc=True)
+    return schedule
+
+
 def serial_cpu_space():
     """MetaSchedule's default llvm design space, with no parallel loops: its
     ParallelizeVectorizeUnroll rule (TVM's DefaultLLVM settings) with parallelism off.
@@ -410,6 +441,9 @@ __all__ = [
     "nvcc_for_cuda",
     "ms",
     "register_tvm_tensor_intrinsics",
+    "replay_with_decisions",
+    "tiled_blocks",
+    "unroll_choices",
     "serial_cpu_space",
     "DeadlineSearch",
     "METASCHEDULE_LOGGER",
