@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import MODELS, ort_run
 
 from tvmdeploy import compile_model
@@ -61,3 +62,28 @@ def test_default_scheduled_artifact_matches_onnxruntime(tmp_path):
     assert "DefaultCPUSchedules" in result.manifest.passes
     x = np.random.default_rng(5).standard_normal((1, 3, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(load(result.artifact_dir)(x)[0], ort_run(MODELS / "conv_bn_relu.onnx", {"image": x})[0], rtol=1e-3, atol=1e-4)
+
+
+def test_kernels_too_small_for_threads_get_a_single_thread_schedule():
+    """Waking the thread pool costs more than tiny kernels can gain from a second core."""
+    import tvm
+
+    from tvmdeploy.compiler.tuning.default_schedule import _too_small_for_threads, apply_default_schedules
+    from tvmdeploy.data import DIGITS_CNN
+
+    fused, target = _kernels(DIGITS_CNN)
+    if int(target.attrs["num-cores"]) < 2:
+        pytest.skip("one core: every kernel is single-thread anyway")
+    scheduled, _ = apply_default_schedules(fused, target)
+    small = big = 0
+    for gv, func in fused.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or gv.name_hint.startswith("reshape"):
+            continue
+        parallel = "T.parallel" in scheduled[gv.name_hint].script()
+        if _too_small_for_threads(func):
+            small += 1
+            assert not parallel, gv.name_hint
+        elif gv.name_hint.startswith("fused_conv2d"):
+            big += 1
+            assert parallel, gv.name_hint
+    assert small >= 2 and big >= 1

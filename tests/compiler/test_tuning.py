@@ -21,7 +21,7 @@ from conftest import MODELS, ort_run
 from tvmdeploy import compile_model
 from tvmdeploy.errors import TvmDeployError
 from tvmdeploy.runtime import load
-from tvmdeploy.compiler.tuning.cache import TargetCache, import_records
+from tvmdeploy.compiler.tuning.cache import CACHE_LAYOUT_VERSION, TargetCache, import_records
 from tvmdeploy.compiler.tuning.records import RECORD_FILE, WORKLOAD_FILE, read_database
 from tvmdeploy.compiler.tuning.tuner import TuningBudget
 
@@ -39,7 +39,7 @@ def _cli(*args, **kwargs):
 
 
 def _target_folder(cache_root):
-    folders = list((cache_root / "tuning").glob("v1/tvm-*/llvm-*"))
+    folders = list((cache_root / "tuning").glob(f"v{CACHE_LAYOUT_VERSION}/tvm-*/llvm-*"))
     assert len(folders) == 1, folders
     return folders[0]
 
@@ -89,7 +89,7 @@ def test_sigterm_midway_leaves_a_loadable_cache_that_the_next_run_extends(tmp_pa
     deadline = time.monotonic() + 300
     records = []
     while proc.poll() is None and time.monotonic() < deadline:
-        folders = list((cache / "tuning").glob("v1/tvm-*/llvm-*"))
+        folders = list((cache / "tuning").glob(f"v{CACHE_LAYOUT_VERSION}/tvm-*/llvm-*"))
         records = read_database(folders[0]).records if folders else []
         if records:
             break

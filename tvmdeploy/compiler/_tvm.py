@@ -30,6 +30,7 @@ TVM_VERSION: str = tvm.__version__
 
 PrimFunc = tirx.PrimFunc
 TIR_EXP_OP = "tirx.exp"  # the TIR op name MetaSchedule's rules may be told to avoid
+RelaxConstant = tvm.ir.GenericConst  # a Relax constant (was relax.Constant)
 METASCHEDULE_LOGGER = "tvm.s_tir.meta_schedule"
 # Set on a PrimFunc once a schedule (tuned or default) has been applied to it.
 _SCHEDULED_ATTR = "tirx.is_scheduled"
@@ -204,6 +205,65 @@ def register_tvm_tensor_intrinsics(target_kind: str = "llvm") -> None:
         importlib.import_module(f"{name}.cuda")
 
 
+def arg_bytes(prim_func) -> list[int]:
+    """Bytes of each of a kernel's tensor arguments (static shapes)."""
+    import math
+
+    import numpy as np
+
+    return [
+        math.prod(int(d) for d in info.shape) * np.dtype(str(info.dtype)).itemsize
+        for info in ms.arg_info.ArgInfo.from_prim_func(prim_func)
+    ]
+
+
+def tiled_blocks(trace) -> list[list[tuple[Any, int, int]]]:
+    """MetaSchedule's multi-level tiling in a trace: per tiled block, its loops' tile
+    instructions as (instruction, loop extent, tile count), in loop order."""
+    groups: list[list] = []
+    for inst in trace.insts:
+        kind = inst.kind.name
+        if kind == "Annotate" and "meta_schedule.tiling_structure" in str(inst.attrs):
+            groups.append([])
+        elif kind == "SamplePerfectTile" and groups:
+            decision = [int(d) for d in trace.decisions[inst]]
+            extent = 1
+            for d in decision:
+                extent *= d
+            groups[-1].append((inst, extent, len(decision)))
+    return groups
+
+
+def unroll_choices(trace) -> list[tuple[Any, list[int]]]:
+    """The trace's categorical samples (the unroll step choice) with their candidates."""
+    return [(inst, [int(c) for c in inst.attrs[0]]) for inst in trace.insts if inst.kind.name == "SampleCategorical"]
+
+
+def replay_with_decisions(mod, trace, decisions: dict):
+    """A Schedule of `mod` from `trace` with some sampling decisions replaced (postprocessors not applied)."""
+    for inst, decision in decisions.items():
+        trace = trace.with_decision(inst, decision, remove_postproc=True)
+    schedule = tvm.s_tir.Schedule(mod)
+    trace.apply_to_schedule(schedule, remove_postproc=True)
+    return schedule
+
+
+def serial_cpu_space():
+    """MetaSchedule's default llvm design space, with no parallel loops: its
+    ParallelizeVectorizeUnroll rule (TVM's DefaultLLVM settings) with parallelism off.
+    (A target with num-cores 1 is not enough: the rule still parallelizes up to
+    num-cores x 16 jobs.)"""
+    rules = [
+        ms.schedule_rule.ParallelizeVectorizeUnroll(
+            max_jobs_per_core=-1, max_vectorize_extent=64, unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True
+        )
+        if isinstance(rule, ms.schedule_rule.ParallelizeVectorizeUnroll)
+        else rule
+        for rule in ms.ScheduleRule.create("llvm")
+    ]
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs="llvm", mutator_probs="llvm")
+
+
 @tvm.ir.utils.derived_object
 class DeadlineSearch(ms.search_strategy.PySearchStrategy):
     """EvolutionarySearch that reports "no more candidates" once the deadline passes.
@@ -362,6 +422,7 @@ def metaschedule_alloc_from_host(session, device, args_info, alloc_repeat):
 
 __all__ = [
     "TVM_VERSION",
+    "arg_bytes",
     "cpu_features",
     "cross_compiler",
     "detect_host",
@@ -377,10 +438,15 @@ __all__ = [
     "nvcc_for_cuda",
     "ms",
     "register_tvm_tensor_intrinsics",
+    "replay_with_decisions",
+    "tiled_blocks",
+    "unroll_choices",
+    "serial_cpu_space",
     "DeadlineSearch",
     "METASCHEDULE_LOGGER",
     "PrimFunc",
     "TIR_EXP_OP",
+    "RelaxConstant",
     "T",
     "TensorIntrin",
     "is_scheduled",

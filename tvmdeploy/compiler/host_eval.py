@@ -18,11 +18,12 @@ class HostModel:
     def __init__(self, mod: tvm.ir.IRModule, purpose: str):
         from .presets import load_preset, resolve_preset
         from .tuning.default_schedule import apply_default_schedules
-        from .lowering import lower_for_tuning
+        from .lowering import fold_weight_layouts, lower_for_tuning
 
         _, target = resolve_preset(load_preset("host"))
         try:
             lowered, _ = apply_default_schedules(lower_for_tuning(mod), target)
+            lowered = fold_weight_layouts(lowered, target)
             with _tvm.native_stderr_to(None):
                 executable = tvm.compile(lowered, target=target)
         except Exception as e:

@@ -2,6 +2,20 @@
 
 Tuning, the build and the host evaluator (pruning / quantization candidates) all lower
 through `lower_for_tuning`, so the kernels tuned are exactly the kernels built.
+
+Weight prepacking, TVM's own mechanism (what `static_shape_tuning_pipeline(
+cpu_weight_prepack=True)` does), in two halves:
+  - here, after FuseTIR: `AttachAttrLayoutFreeBuffers` marks each kernel's buffers that
+    are fed by weight constants as layout-free, so MetaSchedule's `RewriteLayout`
+    postprocessor (tuned records and default schedules alike) may store them in the
+    layout its loop nest reads (e.g. a conv weight [OC/8, IC, KH, KW, 8]);
+  - after the schedules are applied (`fold_weight_layouts`): `SplitLayoutRewritePreproc`
+    moves each kernel's weight-repacking block into a kernel of its own, and
+    `FoldConstant` runs it at compile time, so the artifact holds packed weights (and
+    `RemoveUncalledKernels` drops the kernels nothing calls any more: the originals and
+    the repacking ones; TVM's DeadCodeElimination keeps them, they have global symbols).
+Weights that are parameters of `main` (a magnitude-pruned model keeps them beside the
+library) stay unmarked: repacking them would cost a kernel call on every inference.
 """
 
 from __future__ import annotations
@@ -16,6 +30,14 @@ LOWERING_PASSES = (
     relax.transform.FoldConstant,
     relax.transform.FuseOps,
     relax.transform.FuseTIR,
+    relax.transform.AttachAttrLayoutFreeBuffers,
+)
+
+# After the schedules: the weight repacking that RewriteLayout put in kernels, folded.
+WEIGHT_LAYOUT_PASSES = (
+    relax.transform.SplitLayoutRewritePreproc,
+    relax.transform.FoldConstant,
+    lambda: remove_uncalled_kernels,  # the kernels before the split and the repacking ones
 )
 
 
@@ -23,9 +45,81 @@ def lower(mod: tvm.ir.IRModule) -> tuple[tvm.ir.IRModule, LoweringReport]:
     """The graph as fused kernels, and the report naming the passes run."""
     ran = PassLog()
     mod = ran.run_all(LOWERING_PASSES, mod, "lowering")
+    mod = _only_constants_layout_free(mod)
     kernels = sum(1 for _, func in mod.functions_items() if isinstance(func, _tvm.PrimFunc))
     return mod, LoweringReport(passes=list(ran), kernels=kernels)
 
 
 def lower_for_tuning(mod: tvm.ir.IRModule) -> tvm.ir.IRModule:
     return lower(mod)[0]
+
+
+def fold_weight_layouts(mod: tvm.ir.IRModule, target: tvm.target.Target, ran: PassLog | None = None) -> tvm.ir.IRModule:
+    """Weights repacked at compile time, for kernels whose schedule rewrote their layout
+    (CPU targets; GPU schedules do not rewrite layouts). Returns the module unchanged
+    when no kernel has a layout rewrite."""
+    if target.kind.name != "llvm" or not any(
+        _has_layout_rewrite(f) for _, f in mod.functions_items() if isinstance(f, _tvm.PrimFunc)
+    ):
+        return mod
+    ran = PassLog() if ran is None else ran
+    for make_pass in WEIGHT_LAYOUT_PASSES:
+        mod = ran.run(make_pass(), mod)
+    return mod
+
+
+@tvm.transform.module_pass(opt_level=0, name="RemoveUncalledKernels")
+def remove_uncalled_kernels(mod: tvm.ir.IRModule, _ctx=None) -> tvm.ir.IRModule:
+    """The module without the TIR kernels that no Relax function calls."""
+    called: set[str] = set()
+
+    def visit(expr):
+        if isinstance(expr, relax.GlobalVar):
+            called.add(expr.name_hint)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, visit)
+    kept = {gv: f for gv, f in mod.functions_items() if not isinstance(f, _tvm.PrimFunc) or gv.name_hint in called}
+    if len(kept) == len(mod.functions):
+        return mod
+    return tvm.ir.IRModule(kept, attrs=mod.attrs)
+
+
+def _has_layout_rewrite(func) -> bool:
+    # RewriteLayout's preprocessing block carries this annotation (TVM 0.27 has no TIR
+    # visitor in Python, so the printed kernel is searched).
+    return "meta_schedule.layout_rewrite_preproc" in func.script(show_meta=False)
+
+
+def _only_constants_layout_free(mod: tvm.ir.IRModule) -> tvm.ir.IRModule:
+    """Drop layout-free marks from buffers that some call feeds with a non-constant
+    (AttachAttrLayoutFreeBuffers also marks `main`'s weight parameters)."""
+    main = next((f for gv, f in mod.functions_items() if gv.name_hint == "main"), None)
+    if not isinstance(main, relax.Function):
+        return mod
+    constant_args: dict[str, set[int]] = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+            callee, args = expr.args[0], expr.args[1]
+            fields = list(args.fields) if isinstance(args, relax.Tuple) else [args]
+            consts = {i for i, a in enumerate(fields) if isinstance(a, _tvm.RelaxConstant)}
+            name = callee.name_hint
+            constant_args[name] = constant_args[name] & consts if name in constant_args else consts
+
+    relax.analysis.post_order_visit(main.body, visit)
+    updates = {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, _tvm.PrimFunc) or func.attrs is None:
+            continue
+        marked = [int(i) for i in func.attrs.get("layout_free_buffers", [])]
+        kept = [i for i in marked if i in constant_args.get(gv.name_hint, set())]
+        if kept != marked:
+            updates[gv] = func.with_attr("layout_free_buffers", kept)
+    if not updates:
+        return mod
+    mod = tvm.ir.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod

@@ -135,6 +135,7 @@ def compile_model(
 
 def schedule_kernels(fused, tvm_target, preset, cache, tune=None, progress=None):
     """Tuned records from the cache (after tuning, if asked), else default schedules."""
+    from .lowering import fold_weight_layouts
     from .tuning.default_schedule import apply_default_schedules
     from .tuning.tuner import apply_cached
     from .tuning.tuner import tune as tune_kernels
@@ -151,6 +152,8 @@ def schedule_kernels(fused, tvm_target, preset, cache, tune=None, progress=None)
     # sample (tiled, parallel, vectorized) instead of naive loops; every GPU kernel
     # dlight's default GPU schedule.
     scheduled, default = apply_default_schedules(scheduled, tvm_target, ran=ran)
+    # Weight repacking that the schedules asked for (RewriteLayout), done at compile time.
+    scheduled = fold_weight_layouts(scheduled, tvm_target, ran)
     report = ScheduleReport(
         passes=list(ran), kernels_from_cache=from_cache, kernels_default=default,
         cache_folder=str(cache.folder), tuning=tuning,

@@ -4,7 +4,7 @@ MetaSchedule's JSON database ignores the target when queried, so sharing one acr
 targets would hand an AVX-512 schedule to a Cortex-A72. The folder name therefore
 names everything a record depends on:
 
-    <cache root>/tuning/v1/tvm-<version>/<kind>-<cpu>-<sha256 of the target JSON>/
+    <cache root>/tuning/v<CACHE_LAYOUT_VERSION>/tvm-<version>/<kind>-<cpu>-<sha256 of the target JSON>/
         target.json                   the resolved target, for humans and `tuning export`
         database_workload.json        \\ the shared database: only replaced whole,
         database_tuning_record.json   / under the lock
@@ -43,7 +43,11 @@ from ...folders import default_cache_root
 from ...fsutil import atomic_write_text, process_alive
 from .records import RecordSet, read_database, write_database
 
-CACHE_LAYOUT_VERSION = 1
+# Bumped whenever the lowering changes the kernels that records are keyed on, so old
+# records are never applied to kernels they were not tuned for.
+#   1: initial
+#   2: weight buffers marked layout-free (RewriteLayout repacks weights; issue 12)
+CACHE_LAYOUT_VERSION = 2
 LOCK_TIMEOUT_S = float(os.environ.get("TVMDEPLOY_LOCK_TIMEOUT_S", 600))
 _log = logging.getLogger("tvmdeploy.tuning")
 

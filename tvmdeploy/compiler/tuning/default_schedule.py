@@ -10,6 +10,10 @@ vectorized (light SqueezeNet: 55 ms, 4.7x faster). Tuning then finds better ones
 
 A kernel whose sampled schedule fails a postprocessor keeps its naive form.
 
+Matmul-like kernels (one reduction axis: matmul, dense, batch matmul) replay that first
+sample with analytic tile sizes instead (see analytic.py): vector-width output tiles,
+register-sized row blocks; BERT-layer matmuls went from 3-6 to 30-110 GFLOPS (noisy A/B).
+
 GPU kernels cannot stay naive (an unbound loop nest fails codegen with "Did you forget
 to bind?"): they get dlight's default GPU schedules, the rules TVM's cuda pipeline
 applies inside tvm.compile, applied here so that the count is known and a kernel no
@@ -23,6 +27,7 @@ from .._tvm import ms, tvm
 from ...errors import BuildError
 from ..kernels import register_intrinsics
 from ..kernels.select import space_for_kernel
+from .analytic import UNROLL_CHOICE, matmul_like, tile_sizes, vector_shape
 
 
 # What the manifest calls these steps (they are not TVM passes).
@@ -46,6 +51,27 @@ def apply_default_schedules(
     return mod, count
 
 
+# Kernels below this many floating-point operations AND bytes of arguments get a
+# single-thread schedule. Waking the thread pool costs ~3-4 us per parallel kernel on 2
+# cores (TVM-NOTES); splitting a kernel of t us over 2 threads pays only when
+# t/2 + 4 < t, i.e. t > 8 us, which at the 10-20 GFLOPS an untuned kernel reaches on one
+# core is ~0.8-1.6e5 operations, and for a copy (reshape, concatenate: no operations)
+# at ~15-30 GB/s from cache ~128 KiB. (Tuning measures, so tuned records make their own
+# choice.) `tests/benchmarks/fp32_speed.py --ab-overhead` compares this against
+# parallel-everything on the machine at hand.
+SERIAL_BELOW_FLOPS = 1e5
+SERIAL_BELOW_BYTES = 128 * 1024
+
+
+def _too_small_for_threads(func) -> bool:
+    try:
+        flops = _tvm.estimate_flops(tvm.ir.IRModule({"main": func}))
+        nbytes = sum(_tvm.arg_bytes(func))
+    except Exception:  # an analysis that cannot handle the kernel: keep the parallel default
+        return False
+    return flops < SERIAL_BELOW_FLOPS and nbytes < SERIAL_BELOW_BYTES
+
+
 def _cpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed: int) -> tuple[tvm.ir.IRModule, int]:
     register_intrinsics(target.kind.name)
     cores = int(target.attrs.get("num-cores", 1))
@@ -54,7 +80,11 @@ def _cpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed
         for gv, func in mod.functions.items():
             if not isinstance(func, _tvm.PrimFunc) or _is_scheduled(func):
                 continue
-            scheduled = _first_design_space_sample(func, target, cores, seed)
+            scheduled = None
+            if cores > 1 and _too_small_for_threads(func):
+                scheduled = _serial_sample(func, target, seed)
+            if scheduled is None:
+                scheduled = _first_design_space_sample(func, target, cores, seed)
             if scheduled is not None:
                 updates[gv] = _tvm.mark_scheduled(scheduled, gv.name_hint)
     if not updates:
@@ -63,6 +93,40 @@ def _cpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed
     for gv, func in updates.items():
         mod[gv] = func
     return mod, len(updates)
+
+
+def _serial_sample(func, target, seed: int):
+    """A single-thread schedule for a small kernel (None: a tensorized kernel, which keeps
+    its own design space, or a sample that failed)."""
+    if space_for_kernel(func, target) != "post-order-apply":
+        return None
+    return _design_space_sample(func, target, 1, seed, _tvm.serial_cpu_space(), analytic=True)
+
+
+def _analytic_tiles(schedule, context, target):
+    """The design space's first sample replayed with analytic tile sizes (see analytic.py),
+    postprocessors applied; None where they do not apply (not a matmul-like kernel) or the
+    replay fails."""
+    trace = schedule.trace
+    blocks = _tvm.tiled_blocks(trace)
+    if not blocks or not all(matmul_like([n for _, _, n in block]) for block in blocks):
+        return None
+    lanes, registers = vector_shape(_tvm.cpu_features(target), str(target.attrs.get("mtriple", "")))
+    decisions = {}
+    for block in blocks:
+        sizes = tile_sizes([e for _, e, _ in block], [n for _, _, n in block], lanes, registers)
+        decisions.update({inst: size for (inst, _, _), size in zip(block, sizes)})
+    for inst, candidates in _tvm.unroll_choices(trace):
+        if UNROLL_CHOICE in candidates:
+            decisions[inst] = candidates.index(UNROLL_CHOICE)
+    try:
+        tiled = _tvm.replay_with_decisions(context.mod, trace, decisions)
+        for postproc in context.space_generator.postprocs:
+            if not postproc.apply(tiled):
+                return None
+        return tiled.mod["main"]
+    except Exception:  # a decision the space rejects: the random sample serves
+        return None
 
 
 def _gpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target) -> tuple[tvm.ir.IRModule, int]:
@@ -87,7 +151,7 @@ def _is_scheduled(func) -> bool:
 def _first_design_space_sample(func, target, cores: int, seed: int):
     space = space_for_kernel(func, target)
     if space == "post-order-apply":
-        return _design_space_sample(func, target, cores, seed, space)
+        return _design_space_sample(func, target, cores, seed, space, analytic=True)
     # A tensorized (int8) kernel: some samples vectorize the loop around the intrinsic,
     # which codegen rejects ("Cannot broadcast lanes=16 to 32"); tuning discards those,
     # here the first sample that builds is taken.
@@ -107,7 +171,7 @@ def _builds(func, target) -> bool:
         return False
 
 
-def _design_space_sample(func, target, cores: int, seed: int, space):
+def _design_space_sample(func, target, cores: int, seed: int, space, analytic: bool = False):
     context = ms.TuneContext(
         mod=tvm.ir.IRModule({"main": func.with_attr("global_symbol", "main")}),
         target=target,
@@ -121,6 +185,10 @@ def _design_space_sample(func, target, cores: int, seed: int, space):
         if not spaces:
             return None
         schedule = spaces[0]
+        if analytic:
+            tiled = _analytic_tiles(schedule, context, target)
+            if tiled is not None:
+                return tiled
         for postproc in context.space_generator.postprocs:
             if not postproc.apply(schedule):
                 return None
