@@ -19,7 +19,7 @@ import pytest
 from conftest import MODELS
 
 from tvmdeploy import compile_model
-from tvmdeploy.compiler.tuning.cache import CacheLockTimeout, TargetCache, import_records
+from tvmdeploy.compiler.tuning.cache import CACHE_LAYOUT_VERSION, CacheLockTimeout, TargetCache, import_records
 from tvmdeploy.compiler.tuning.records import RECORD_FILE, WORKLOAD_FILE, read_database
 from tvmdeploy.compiler.tuning.tuner import TuningBudget
 from tvmdeploy.errors import TvmDeployError
@@ -38,7 +38,7 @@ def tuned_cache(tmp_path_factory) -> Path:
 def _copy(tuned_cache: Path, tmp_path: Path) -> tuple[Path, Path]:
     root = tmp_path / "cache"
     shutil.copytree(tuned_cache, root, ignore=shutil.ignore_patterns("logs", "sessions"))
-    (folder,) = root.glob("tuning/v1/tvm-*/llvm-*")
+    (folder,) = root.glob(f"tuning/v{CACHE_LAYOUT_VERSION}/tvm-*/llvm-*")
     return root, folder
 
 
@@ -182,7 +182,7 @@ def test_import_validates_every_record(tuned_cache, tmp_path, edit, message):
     fresh = tmp_path / "fresh"
     with pytest.raises(TvmDeployError, match=message):
         import_records(path, payload["tvm"], fresh)
-    assert not list(fresh.glob("tuning/v1/*/*/" + RECORD_FILE))  # nothing reached a cache
+    assert not list(fresh.glob("tuning/*/*/*/" + RECORD_FILE))  # nothing reached a cache
 
 
 def test_valid_import_still_works(tuned_cache, tmp_path):
