@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("compile", help="compile a model into an artifact folder")
-    p.add_argument("model", help="path to an .onnx model")
+    p.add_argument("model", help="model file: .onnx, .pt2 (torch.export.save) or .tflite")
     p.add_argument("--target", "-t", default="host", help="target preset name or .toml file (default: host)")
     p.add_argument("-o", "--output", help="artifact folder (default: artifacts/<model>-<target>)")
     _add_input_shape(p)
@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_compile)
 
     p = sub.add_parser("tune", help="tune a model's kernels for a target into the tuning cache")
-    p.add_argument("model", help="path to an .onnx model")
+    p.add_argument("model", help="model file: .onnx, .pt2 (torch.export.save) or .tflite")
     p.add_argument("--target", "-t", default="host", help="target preset name or .toml file (default: host)")
     p.add_argument("--trials", type=int, default=1000, help="trials across all kernels (default 1000)")
     _add_input_shape(p)
@@ -274,6 +274,8 @@ def _cmd_compile(args) -> int:
     )
     m = result.manifest
     print(f"compiled {m.model_name} for {m.preset} ({m.arch}, {m.device}) in {m.build_seconds:.1f} s")
+    if "import" in m.extra:
+        print(f"  import:  {import_line(m.extra['import'])}")
     tuning = m.extra.get("tuning", {})
     if "trials" in tuning:
         print(
@@ -443,6 +445,8 @@ def _cmd_inspect(args) -> int:
         m = manifest
         print(f"{args.artifact}: {m.model_name} for preset {m.preset} ({m.arch}, {m.device})")
         print(f"  source:  {m.source_file} (sha256 {m.source_sha256[:16]}...)")
+        if "import" in m.extra:
+            print(f"  import:  {import_line(m.extra['import'])}")
         print(f"  inputs:  {', '.join(s.describe() for s in m.inputs)}")
         print(f"  outputs: {', '.join(s.describe() for s in m.outputs)}")
         print(f"  target:  {_target_line(m.target)}")
@@ -457,6 +461,20 @@ def _cmd_inspect(args) -> int:
     if not args.json:
         print("  files verified against the manifest's sha256")
     return 0
+
+
+_FORMATS = {"onnx": "ONNX", "pytorch": "PyTorch", "tflite": "TFLite"}
+
+
+def import_line(report: dict) -> str:
+    """Which frontend imported the model and what the import rewrote (manifest extra["import"])."""
+    versions = ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items())
+    kind = _FORMATS.get(report.get("format"), report.get("format"))
+    rewrites = report.get("rewrites") or []
+    return (
+        f"{kind}{f' ({versions})' if versions else ''} by {report.get('frontend')}; "
+        f"rewrote: {', '.join(rewrites) if rewrites else 'nothing'}"
+    )
 
 
 def _target_line(target: dict) -> str:

@@ -327,3 +327,35 @@ __all__ = [
     "use_nvcc_for_cuda",
     "tvm",
 ]
+
+
+# ---- Frontends: the importers' internals tvmdeploy checks a model against before converting.
+
+
+def onnx_convert_map() -> dict:
+    """Op type -> converter of TVM's ONNX importer (what it can import)."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    return _get_convert_map()
+
+
+def torch_convert_map() -> dict:
+    """ATen target name ("conv2d.default") -> converter of TVM's ExportedProgram importer."""
+    from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
+
+    return ExportedProgramImporter().convert_map
+
+
+def tflite_operator_converter(model):
+    """TVM's TFLite operator converter for subgraph 0 of a parsed tflite.Model, used only to
+    name each operator (`get_op_code_str`) and look it up in `convert_map`."""
+    from tvm.relax.frontend.tflite.tflite_frontend import ExprTable, OperatorConverter
+
+    return OperatorConverter(model, model.Subgraphs(0), ExprTable(), None)
+
+
+def tflite_tensor_name(subgraph, index: int) -> str:
+    """The name TVM's TFLite importer gives a tensor (its Relax parameter name for an input)."""
+    from tvm.relax.frontend.tflite.tflite_frontend import get_tensor_name
+
+    return get_tensor_name(subgraph, index)

@@ -40,7 +40,7 @@ class CompileResult:
 
 
 def compile_model(
-    model: str | os.PathLike,
+    model: "str | os.PathLike | torch.nn.Module | torch.export.ExportedProgram",
     target: str = "host",
     output_dir: str | os.PathLike | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
@@ -50,10 +50,13 @@ def compile_model(
     prune: "PruningConfig | None" = None,
     quantize: "QuantizationConfig | None" = None,
     calibration_data: str | os.PathLike | None = None,
+    example_inputs=None,
 ) -> CompileResult:
-    """Compile an ONNX model for a target preset into an artifact folder.
+    """Compile a model for a target preset into an artifact folder.
 
-    model: path to an .onnx file. target: a preset name (`tvmdeploy targets`) or a path
+    model: path to an .onnx, .pt2 (torch.export.save) or .tflite file, or a torch.nn.Module
+    (exported in eval mode on example_inputs, a tensor or tuple of tensors) or a
+    torch.export.ExportedProgram. target: a preset name (`tvmdeploy targets`) or a path
     to a preset .toml. output_dir: the artifact folder (default
     artifacts/<model>-<preset>). input_shapes: {input name: shape} for inputs whose
     shape the model leaves symbolic. tune: a TuningBudget to tune the kernels the
@@ -76,8 +79,8 @@ def compile_model(
     preset, tvm_target = resolve_preset(load_preset(target))
     target_dict = _tvm.target_to_dict(tvm_target)
 
-    # 2. Import: ONNX -> Relax with static input shapes, weights bound as constants.
-    imported = import_model(model, input_shapes=input_shapes)
+    # 2. Import: ONNX, PyTorch or TFLite -> Relax with static input shapes, weights as constants.
+    imported = import_model(model, input_shapes=input_shapes, example_inputs=example_inputs)
 
     # 3. Optimize the graph: fold constants and BatchNorm, simplify.
     mod, graph_passes = optimize_graph(imported.mod)
@@ -152,9 +155,10 @@ def compile_model(
             + [*LOWERING_PASSES]
             + (["MetaScheduleApplyDatabase"] if kernels_from_cache else [])
             + ([_DEFAULT_SCHEDULES_PASS[preset.device]] if kernels_default else []),
-            versions=_versions(preset.device),
+            versions={**_versions(preset.device), **imported.versions},
             build_seconds=round(time.perf_counter() - started, 3),
             extra={
+                "import": imported.import_report(),
                 "tuning": tuning,
                 **({"pruning": pruning} if pruning is not None else {}),
                 **({"quantization": quantization} if quantization is not None else {}),
@@ -207,7 +211,7 @@ def shrink_graph(
 
 
 def tune_model(
-    model: str | os.PathLike,
+    model: "str | os.PathLike | torch.nn.Module | torch.export.ExportedProgram",
     target: str = "host",
     budget: "TuningBudget | None" = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
@@ -218,6 +222,7 @@ def tune_model(
     prune: "PruningConfig | None" = None,
     quantize: "QuantizationConfig | None" = None,
     calibration_data: str | os.PathLike | None = None,
+    example_inputs=None,
 ):
     """Tune a model's kernels for a target into the tuning cache (no artifact); returns a TuningReport.
 
@@ -242,7 +247,7 @@ def tune_model(
         from .tuning.remote import require_local_measurement
 
         require_local_measurement(preset)
-    imported = import_model(model, input_shapes=input_shapes)
+    imported = import_model(model, input_shapes=input_shapes, example_inputs=example_inputs)
     mod, _ = optimize_graph(imported.mod)
     mod = shrink_graph(mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress, tvm_target).mod
     cache = TargetCache.open(_tvm.target_to_dict(tvm_target), _tvm.TVM_VERSION, cache_dir)

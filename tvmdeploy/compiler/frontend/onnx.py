@@ -93,9 +93,9 @@ def _read_model(path: Path) -> tuple[onnx.ModelProto, str]:
 
 
 def _check_supported_ops(model: onnx.ModelProto, path: Path) -> None:
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+    from .._tvm import onnx_convert_map
 
-    supported = _get_convert_map()
+    supported = onnx_convert_map()
     missing = [n for n in walk_nodes(model.graph) if n.op_type not in supported]
     if missing:
         listed = ", ".join(
