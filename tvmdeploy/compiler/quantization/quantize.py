@@ -115,14 +115,14 @@ def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, pr
 def quantize_qdq_model(mod, inputs, progress=None, target=None):
     """A QDQ model's quantized layers onto int8 compute; (module, report) or (module, None)
     when the model has no QDQ layers."""
-    from .qdq import qdq_input_scales
+    from .qdq import qdq_input_params, qdq_input_scales
 
     scales = qdq_input_scales(mod)
     if not scales:
         return mod, None
     packed = packed_int8_for(target)
     graph = to_nhwc(mod) if packed is not None else mod
-    quantized = FoldBiasIntoInt32()(QuantizeLayersInt8(scales, packed=packed)(graph))
+    quantized = FoldBiasIntoInt32()(QuantizeLayersInt8(scales, packed=packed, asymmetric=qdq_input_params(mod))(graph))
     kernels = kernels_report(packed, quantized)
     data = random_calibration(inputs)
     reference = HostModel(mod, "measure the QDQ model").run(data.samples)
