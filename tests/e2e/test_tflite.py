@@ -84,6 +84,11 @@ def test_float_model_matches_litert(tmp_path, capsys):
     assert code == 0, err
     assert "import:  TFLite" in out and "tflite-nhwc-kept" in out
 
+    # bench's default peer is ONNX Runtime on the source model, which cannot read a .tflite
+    code = main(["bench", str(tmp_path / "f"), "--repeat", "1", "--warmup", "0"])
+    _, err = capsys.readouterr()
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "which is not ONNX" in err, err
+
 
 @pytest.mark.parametrize("path", [FLOAT, INT8], ids=["float", "int8"])
 def test_nhwc_reaches_the_kernels_without_activation_transposes(path):
