@@ -126,7 +126,7 @@ def test_module_matches_eager(name, tmp_path):
     assert_close(model(*[t.numpy() for t in inputs]), eager(module, inputs))
 
 
-@pytest.mark.parametrize("name", ["conv_bn_relu", "encoder_block"])
+@pytest.mark.parametrize("name", ["conv_bn_relu", "residual_block", "mlp", "encoder_block"])
 def test_saved_pt2_through_the_cli_matches_eager(name, tmp_path, capsys):
     module, inputs = make(name)
     path = tmp_path / f"{name}.pt2"
