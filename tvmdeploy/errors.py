@@ -37,7 +37,7 @@ class InputMismatchError(TvmDeployError):
 def summarize_exception(e: BaseException, limit: int = 500) -> str:
     """The last line of a (often multi-page) TVM error, with its type: enough to act on."""
     lines = [line for line in str(e).strip().splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[-1].strip() if lines else ''}"[:limit]
+    return f"{type(e).__name__}: {lines[-1].strip() if lines else '(no message; rerun with --debug)'}"[:limit]
 
 
 class BoardError(TvmDeployError):

@@ -46,11 +46,28 @@ GRAPH_PASSES: tuple[GraphPass, ...] = (
 def optimize_graph(mod: tvm.ir.IRModule) -> tuple[tvm.ir.IRModule, list[str]]:
     """Run the graph passes; return the module and the names of the passes applied."""
     applied = []
+    well_formed = _well_formed(mod)
     for graph_pass in GRAPH_PASSES:
         try:
-            mod = graph_pass.make()(mod)
+            result = graph_pass.make()(mod)
         except Exception as e:
             raise BuildError(f"graph pass {graph_pass.name} failed: {summarize_exception(e)}") from e
+        if well_formed and not _well_formed(result):
+            # TVM's FoldConstant legalizes an op whose output shape depends on tensor values
+            # (Slice with starts/ends as inputs: dynamic_strided_slice) to evaluate it, and
+            # leaves calls to the shape function it made but did not keep. The graph as it
+            # was is correct: keep it (the op is legalized properly when lowering).
+            continue
+        mod = result
         applied.append(graph_pass.name)
     return mod, applied
+
+
+def _well_formed(mod: tvm.ir.IRModule) -> bool:
+    try:
+        # TVM 0.27 returns None when the module is fine and raises for some defects
+        # (an undefined GlobalVar); older versions return a bool.
+        return relax.analysis.well_formed(mod) is not False
+    except Exception:
+        return False
 

@@ -37,6 +37,7 @@ def import_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]
     path = Path(path)
     model, sha = _read_model(path)
     _check_supported_ops(model, path)
+    _check_inference_only(model, path)
     inputs = _static_inputs(model, path, input_shapes or {})
     model = with_static_inputs(model, inputs)
     import_passes = []
@@ -110,6 +111,25 @@ def _check_supported_ops(model: onnx.ModelProto, path: Path) -> None:
         )
 
 
+def _check_inference_only(model: onnx.ModelProto, path: Path) -> None:
+    """BatchNormalization in training mode normalizes with the batch's statistics and
+    updates the running ones; TVM's importer would silently use the running statistics."""
+    training = []
+    for n in walk_nodes(model.graph):
+        if n.op_type != "BatchNormalization":
+            continue
+        attrs = {a.name: a.i for a in n.attribute if a.name in ("training_mode", "is_test")}
+        # Opsets < 9 mark inference with is_test=1 and may still list the statistics outputs.
+        if attrs.get("training_mode", 0) or (len([o for o in n.output if o]) > 1 and not attrs.get("is_test", 0)):
+            training.append(f"'{n.name or '<unnamed>'}'")
+    if training:
+        raise ModelImportError(
+            f"{path}: BatchNormalization node(s) {', '.join(training)} are in training mode (batch statistics, "
+            f"running-statistics outputs); export the model for inference (model.eval() before torch.onnx.export, "
+            f"training=False in Keras)"
+        )
+
+
 def _static_inputs(model: onnx.ModelProto, path: Path, overrides: dict[str, tuple[int, ...]]) -> list[TensorSpec]:
     declared_inputs = graph_inputs(model)
     names = [i.name for i in declared_inputs]
@@ -125,8 +145,9 @@ def _static_inputs(model: onnx.ModelProto, path: Path, overrides: dict[str, tupl
         if not inp.type.HasField("tensor_type"):
             raise ModelImportError(f"{path}: input '{inp.name}' is not a tensor (sequence/map inputs are unsupported)")
         dtype = str(np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)))
+        # A fixed dimension may be 0 (an empty tensor): that is static, not symbolic.
         declared = [
-            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+            d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else (d.dim_param or "?")
             for d in tensor_type.shape.dim
         ]
         shown = f"[{', '.join(map(str, declared))}]"
@@ -143,7 +164,7 @@ def _static_inputs(model: onnx.ModelProto, path: Path, overrides: dict[str, tupl
                         f"{path}: --input-shape {inp.name}={','.join(map(str, shape))} contradicts "
                         f"the model's fixed shape {shown}"
                     )
-            if any(x <= 0 for x in shape):
+            if any(x < 0 or (x == 0 and want != 0) for x, want in zip(shape, declared)):
                 raise ModelImportError(f"{path}: --input-shape for '{inp.name}' must be positive integers")
         elif not tensor_type.HasField("shape"):
             problems.append(f"'{inp.name}' has no declared shape")

@@ -35,7 +35,7 @@ def apply_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, see
     updates = {}
     with _tvm.native_stderr_to(None):  # C++ warnings about rules this target lacks
         for gv, func in mod.functions.items():
-            if not isinstance(func, tvm.tirx.PrimFunc) or _is_scheduled(func):
+            if not isinstance(func, tvm.tirx.PrimFunc) or _is_scheduled(func) or _has_empty_buffer(func):
                 continue
             scheduled = _first_design_space_sample(func, target, cores, seed)
             if scheduled is not None:
@@ -61,6 +61,16 @@ def _gpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target) -> t
             f"tune them on a GPU (`tvmdeploy tune --target {target.kind.name}-...`) or report the model"
         )
     return scheduled, len(todo)
+
+
+def _has_empty_buffer(func) -> bool:
+    """A kernel on a zero-size tensor: its loops have extent 0, which the schedules'
+    vectorization rejects at build time ("Failed to vectorize loop with extent 0"); it
+    does no work, so it keeps its plain loops."""
+    # TVM 0.27 (tirx): a PrimFunc's params are the buffers themselves (no buffer_map).
+    return any(
+        hasattr(d, "value") and int(d.value) == 0 for param in func.params for d in (getattr(param, "shape", None) or ())
+    )
 
 
 def _is_scheduled(func) -> bool:
