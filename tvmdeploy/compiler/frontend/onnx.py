@@ -222,7 +222,9 @@ def _output_specs(model: onnx.ModelProto, mod) -> list[TensorSpec]:
     for name, info in zip(names, infos):
         # A static dimension is an IntImm (has .value); a symbolic one (data-dependent
         # output size) is a Var and is recorded as -1.
-        dims = info.shape.values if info.shape is not None else []
-        shape = tuple(int(d.value) if hasattr(d, "value") else -1 for d in dims)
+        if info.shape is not None:
+            shape = tuple(int(d.value) if hasattr(d, "value") else -1 for d in info.shape.values)
+        else:  # only the rank is known (a data-dependent output, e.g. Slice with starts as inputs)
+            shape = (-1,) * max(int(getattr(info, "ndim", 0)), 0)
         specs.append(TensorSpec(name, shape, str(info.dtype)))
     return specs
