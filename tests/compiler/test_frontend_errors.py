@@ -74,6 +74,13 @@ def test_unsupported_aten_ops_are_listed_at_once(torch, tmp_path, capsys):
     assert "unsupported.pt2: 2 node(s)" in line and "(aten.cummax.default, aten.erfinv.default)" in line
 
 
+def test_program_exported_in_training_mode(torch):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    program = torch.export.export(model, (torch.randn(2, 3, 8, 8),))
+    with pytest.raises(ModelImportError, match=r"updates buffers \(1.num_batches_tracked, 1.running_mean, 1.running_var\): it was exported in training mode"):
+        import_model(program)
+
+
 def test_module_without_example_inputs(torch):
     with pytest.raises(ModelImportError, match=r"Linear: compiling a torch.nn.Module needs example_inputs"):
         import_model(torch.nn.Linear(4, 2))

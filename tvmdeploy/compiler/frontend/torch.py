@@ -79,6 +79,7 @@ def import_torch(model, example_inputs=None, input_shapes: dict[str, tuple[int, 
     except Exception as e:
         raise ModelImportError(f"{where}: torch.export could not decompose the program to core ATen: {summarize_exception(e)}") from None
     passes.append("torch-core-aten-decompositions")
+    _check_inference_only(program, where)
     _check_supported_ops(program, where)
     inputs, bindings = _static_inputs(torch, program, where, input_shapes or {})
     mod = _to_relax(program, where, inputs, bindings)
@@ -158,6 +159,18 @@ def _export(torch, module, example_inputs, where: str):
             f"{where}: torch.export.export failed ({summarize_exception(e, 300)}); make the model exportable "
             f"(see torch.export's message) or export it yourself and pass the ExportedProgram"
         ) from None
+
+
+def _check_inference_only(program, where: str) -> None:
+    """A program exported in training mode updates buffers (BatchNorm's running statistics)
+    and normalizes with batch statistics: not the model users deploy."""
+    mutated = sorted(set(dict(program.graph_signature.buffers_to_mutate).values()))
+    if mutated:
+        shown = ", ".join(mutated[:4]) + (f" and {len(mutated) - 4} more" if len(mutated) > 4 else "")
+        raise ModelImportError(
+            f"{where}: the program updates buffers ({shown}): it was exported in training mode; "
+            f"export the model in eval mode (torch.export.export(model.eval(), example_inputs))"
+        )
 
 
 def _check_supported_ops(program, where: str) -> None:
