@@ -88,3 +88,35 @@ def test_batchnorm_in_training_mode_is_refused(tmp_path):
 def test_exception_without_message_still_says_something():
     assert summarize_exception(RuntimeError("")) == "RuntimeError: (no message; rerun with --debug)"
     assert summarize_exception(RuntimeError("first\nlast\n\n")) == "RuntimeError: last"
+
+
+def test_scalar_input_reaches_the_artifact_as_a_scalar(tmp_path):
+    """The loader passed a 0-d input as shape (1,) (np.ascontiguousarray), which the VM refused."""
+    vi = helper.make_tensor_value_info
+    path = _save(
+        tmp_path,
+        [helper.make_node("Pow", ["x", "y"], ["z"])],
+        [vi("x", TensorProto.FLOAT, [3]), vi("y", TensorProto.FLOAT, [])],
+        [vi("z", TensorProto.FLOAT, [3])],
+    )
+    model = load(compile_model(path, "host", output_dir=tmp_path / "a").artifact_dir)
+    got = model(np.array([1, 2, 3], np.float32), np.array(2, np.float32))[0]
+    np.testing.assert_allclose(got, [1, 4, 9])
+
+
+def test_if_is_not_reported_as_unsupported(tmp_path):
+    """TVM's importer converts If itself (not through its converter map)."""
+    vi = helper.make_tensor_value_info
+
+    def branch(name, value):
+        const = helper.make_node("Constant", [], [f"{name}_out"], value=helper.make_tensor("v", TensorProto.FLOAT, [2], value))
+        return helper.make_graph([const], name, [], [vi(f"{name}_out", TensorProto.FLOAT, [2])])
+
+    path = _save(
+        tmp_path,
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", [1, 2]), else_branch=branch("else", [3, 4]))],
+        [vi("cond", TensorProto.BOOL, [])],
+        [vi("y", TensorProto.FLOAT, [2])],
+    )
+    imported = import_model(path)
+    assert [s.name for s in imported.inputs] == ["cond"]

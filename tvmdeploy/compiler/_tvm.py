@@ -339,6 +339,10 @@ def onnx_convert_map() -> dict:
     return _get_convert_map()
 
 
+# Ops TVM's ONNX importer converts itself, outside its converter map (_construct_nodes).
+ONNX_DIRECTLY_HANDLED_OPS = frozenset({"If", "Constant"})
+
+
 def torch_convert_map() -> dict:
     """ATen target name ("conv2d.default") -> converter of TVM's ExportedProgram importer."""
     from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter

@@ -189,7 +189,8 @@ class LoadedModel:
                     f"input '{spec.name}' has shape {list(array.shape)}, expected {list(spec.shape)} "
                     f"(the artifact is compiled for that shape; recompile with --input-shape for another)"
                 )
-            arrays.append(np.ascontiguousarray(array))
+            # ascontiguousarray turns a 0-d array (a scalar input) into shape (1,)
+            arrays.append(np.ascontiguousarray(array).reshape(array.shape))
         return arrays
 
     def random_inputs(self, seed: int = 0) -> list[np.ndarray]:

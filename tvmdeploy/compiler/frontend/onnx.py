@@ -94,9 +94,9 @@ def _read_model(path: Path) -> tuple[onnx.ModelProto, str]:
 
 
 def _check_supported_ops(model: onnx.ModelProto, path: Path) -> None:
-    from .._tvm import onnx_convert_map
+    from .._tvm import ONNX_DIRECTLY_HANDLED_OPS, onnx_convert_map
 
-    supported = onnx_convert_map()
+    supported = set(onnx_convert_map()) | ONNX_DIRECTLY_HANDLED_OPS
     missing = [n for n in walk_nodes(model.graph) if n.op_type not in supported]
     if missing:
         listed = ", ".join(
