@@ -64,28 +64,45 @@ def activation_transposes(mod) -> list[str]:
     return found
 
 
-def test_float_model_matches_litert(tmp_path, capsys):
-    code = main(["compile", str(FLOAT), "-o", str(tmp_path / "f")])
-    out, err = capsys.readouterr()
-    assert code == 0, err
+@pytest.fixture(scope="module")
+def float_artifact(tmp_path_factory):
+    """The float model compiled once through the CLI: (folder, the compile summary)."""
+    import contextlib
+    import io
+
+    folder = tmp_path_factory.mktemp("tflite") / "f"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["compile", str(FLOAT), "-o", str(folder)])
+    assert code == 0
+    return folder, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def int8_result(tmp_path_factory):
+    return compile_model(INT8, "host", output_dir=tmp_path_factory.mktemp("tflite") / "q")
+
+
+def test_float_model_matches_litert(float_artifact, capsys):
+    folder, out = float_artifact
     assert "import:  TFLite (tflite " in out and "by tvm.relax.frontend.tflite.from_tflite" in out
-    model = load(tmp_path / "f")
+    model = load(folder)
     assert model.inputs[0].shape == (1, 16, 16, 3)  # NHWC, as TFLite has it
     xs = samples(FLOAT, 8)
     for got, ref in zip((model(x)[0] for x in xs), litert_run(FLOAT, xs)):
         assert got.shape == ref.shape and got.dtype == ref.dtype
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
-    manifest = json.loads((tmp_path / "f" / "manifest.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["extra"]["import"]["format"] == "tflite"
     assert "FoldBatchnormToConv2D" in manifest["passes"] or "FoldConvChannelAffine" in manifest["passes"]
 
-    code = main(["inspect", str(tmp_path / "f")])
+    code = main(["inspect", str(folder)])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "import:  TFLite" in out and "tflite-nhwc-kept" in out
 
     # bench's default peer is ONNX Runtime on the source model, which cannot read a .tflite
-    code = main(["bench", str(tmp_path / "f"), "--repeat", "1", "--warmup", "0"])
+    code = main(["bench", str(folder), "--repeat", "1", "--warmup", "0"])
     _, err = capsys.readouterr()
     assert code == 1 and len(err.strip().splitlines()) == 1 and "which is not ONNX" in err, err
 
@@ -100,8 +117,8 @@ def test_nhwc_reaches_the_kernels_without_activation_transposes(path):
     assert convs and all(c.attrs.data_layout == "NHWC" and c.attrs.kernel_layout == "OHWI" for c in convs)
 
 
-def test_int8_model_runs_on_packed_int8_kernels_within_one_step_of_litert(tmp_path):
-    result = compile_model(INT8, "host", output_dir=tmp_path / "q")
+def test_int8_model_runs_on_packed_int8_kernels_within_one_step_of_litert(int8_result):
+    result = int8_result
     report = result.manifest.extra["quantization"]
     assert report["scheme"] == "qdq-int8"
     assert "tflite-int8-as-qdq" in result.manifest.extra["import"]["rewrites"]
@@ -119,11 +136,11 @@ def test_int8_model_runs_on_packed_int8_kernels_within_one_step_of_litert(tmp_pa
     assert steps.max() <= 2
 
 
-def test_int8_model_agrees_with_the_float_model(tmp_path):
+def test_int8_model_agrees_with_the_float_model(float_artifact, int8_result):
     """The int8 artifact computes the Keras model (not garbage that LiteRT happens to share):
     its dequantized logits track the float model's."""
-    f = load(compile_model(FLOAT, "host", output_dir=tmp_path / "f").artifact_dir)
-    q = load(compile_model(INT8, "host", output_dir=tmp_path / "q").artifact_dir)
+    f = load(float_artifact[0])
+    q = load(int8_result.artifact_dir)
     interpreter = litert.Interpreter(model_path=str(INT8))
     (s_in, z_in), (s_out, z_out) = (interpreter.get_input_details()[0]["quantization"],
                                     interpreter.get_output_details()[0]["quantization"])
