@@ -120,3 +120,17 @@ def test_if_is_not_reported_as_unsupported(tmp_path):
     )
     imported = import_model(path)
     assert [s.name for s in imported.inputs] == ["cond"]
+
+
+def test_sub_byte_input_is_a_clear_error(tmp_path):
+    """int4 tensors crashed in TVM's runtime when fed ("TensorCopyFromBytes: size mismatch")."""
+    vi = helper.make_tensor_value_info
+    path = _save(
+        tmp_path,
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+        [vi("x", TensorProto.INT4, [4])],
+        [vi("y", TensorProto.FLOAT, [4])],
+        opset=21,
+    )
+    with pytest.raises(ModelImportError, match=r"input 'x' \(int4\): sub-byte types cannot be model inputs or outputs"):
+        import_model(path)

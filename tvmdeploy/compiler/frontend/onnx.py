@@ -52,6 +52,7 @@ def import_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]
             import_passes.append("onnxruntime-basic-fold")
     mod = _to_relax(model, path, inputs)
     outputs = _output_specs(model, mod)
+    _check_whole_byte_dtypes(path, inputs, outputs)
     return ImportedModel(
         name=_model_name(path),
         source=path.resolve(),
@@ -108,6 +109,20 @@ def _check_supported_ops(model: onnx.ModelProto, path: Path) -> None:
             f"{path}: {len(missing)} node(s) use operators TVM's ONNX importer does not support "
             f"({', '.join(kinds)}): {listed}. Replace them in the exporter (e.g. a different "
             f"opset or an equivalent op), or file an issue with the model attached"
+        )
+
+
+def _check_whole_byte_dtypes(path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+    """Sub-byte tensors (int4, uint2, float4...) cannot cross the artifact's boundary: TVM's
+    runtime copies them byte-wise and fails ("TensorCopyFromBytes: size mismatch")."""
+    import re
+
+    packed = [f"{kind} '{s.name}' ({s.dtype})" for kind, specs in (("input", inputs), ("output", outputs))
+              for s in specs if re.fullmatch(r"u?int[124]|float4(_\w+)?", s.dtype)]
+    if packed:
+        raise ModelImportError(
+            f"{path}: {', '.join(packed)}: sub-byte types cannot be model inputs or outputs of an artifact; "
+            f"cast them to int8/uint8/float in the model (inside it they are fine)"
         )
 
 
