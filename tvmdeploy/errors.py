@@ -44,7 +44,7 @@ def summarize_exception(e: BaseException, limit: int = 500) -> str:
     command line it prints last) is appended.
     """
     lines = [line for line in str(e).strip().splitlines() if line.strip()]
-    summary = f"{type(e).__name__}: {lines[-1].strip() if lines else ''}"
+    summary = f"{type(e).__name__}: {lines[-1].strip() if lines else '(no message; rerun with --debug)'}"
     cause = root_cause(e)
     if cause and cause.split(" (")[0] not in summary:
         summary = f"{summary[: max(0, limit - len(cause) - 15)]} (root cause: {cause})"

@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("compile", help="compile a model into an artifact folder")
-    p.add_argument("model", help="path to an .onnx model")
+    p.add_argument("model", help="model file: .onnx, .pt2 (torch.export.save) or .tflite")
     p.add_argument("--target", "-t", default="host", help="target preset name or .toml file (default: host)")
     p.add_argument("-o", "--output", help="artifact folder (default: artifacts/<model>-<target>)")
     _add_input_shape(p)
@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_compile)
 
     p = sub.add_parser("tune", help="tune a model's kernels for a target into the tuning cache")
-    p.add_argument("model", help="path to an .onnx model")
+    p.add_argument("model", help="model file: .onnx, .pt2 (torch.export.save) or .tflite")
     p.add_argument("--target", "-t", default="host", help="target preset name or .toml file (default: host)")
     p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help=f"trials across all kernels (default {DEFAULT_TRIALS})")
     _add_input_shape(p)
@@ -325,6 +325,7 @@ def _cmd_compile(args) -> int:
     )
     m = result.manifest
     print(f"compiled {m.model_name} for {m.preset} ({m.arch}, {m.device}) in {m.build_seconds:.1f} s")
+    print(f"  import:  {import_line(result.reports.imported.to_json())}")
     schedule, tuning = result.reports.schedule, result.reports.schedule.tuning
     if tuning is not None:
         print(
@@ -587,6 +588,8 @@ def _inspect_folder(args, folder: Path) -> int:
         m = manifest
         print(f"{args.artifact}: {m.model_name} for preset {m.preset} ({m.arch}, {m.device})")
         print(f"  source:  {m.source_file} (sha256 {m.source_sha256[:16]}...)")
+        if "import" in m.extra:
+            print(f"  import:  {import_line(m.extra['import'])}")
         print(f"  inputs:  {', '.join(s.describe() for s in m.inputs)}")
         print(f"  outputs: {', '.join(s.describe() for s in m.outputs)}")
         print(f"  target:  {_target_line(m.target)}")
@@ -607,6 +610,20 @@ def _inspect_folder(args, folder: Path) -> int:
             print(f"  file:    {name} ({size / 1e6:.2f} MB)")
         print("  files verified against the manifest's sha256")
     return 0
+
+
+_FORMATS = {"onnx": "ONNX", "pytorch": "PyTorch", "tflite": "TFLite"}
+
+
+def import_line(report: dict) -> str:
+    """Which frontend imported the model and what the import rewrote (manifest extra["import"])."""
+    versions = ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items())
+    kind = _FORMATS.get(report.get("format"), report.get("format"))
+    rewrites = report.get("rewrites") or []
+    return (
+        f"{kind}{f' ({versions})' if versions else ''} by {report.get('frontend')}; "
+        f"rewrote: {', '.join(rewrites) if rewrites else 'nothing'}"
+    )
 
 
 def _target_line(target: dict) -> str:

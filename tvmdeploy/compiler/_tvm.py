@@ -45,13 +45,6 @@ def mark_scheduled(func, symbol: str):
     return func.with_attr("global_symbol", symbol).with_attr(_SCHEDULED_ATTR, True)
 
 
-def onnx_supported_ops() -> set[str]:
-    """ONNX op types TVM's Relax importer converts (from its private converter table)."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
-
-    return set(_get_convert_map())
-
-
 # LLVM feature name -> the flag the Linux kernel reports in /proc/cpuinfo for it.
 # The loader refuses an artifact whose required flags the CPU lacks, instead of
 # dying with SIGILL in the middle of a run.
@@ -451,7 +444,6 @@ __all__ = [
     "TensorIntrin",
     "is_scheduled",
     "mark_scheduled",
-    "onnx_supported_ops",
     "te",
     "tirx",
     "topi",
@@ -461,3 +453,39 @@ __all__ = [
     "use_nvcc_for_cuda",
     "tvm",
 ]
+
+
+# ---- Frontends: the importers' internals tvmdeploy checks a model against before converting.
+
+
+def onnx_convert_map() -> dict:
+    """Op type -> converter of TVM's ONNX importer (what it can import)."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    return _get_convert_map()
+
+
+# Ops TVM's ONNX importer converts itself, outside its converter map (_construct_nodes).
+ONNX_DIRECTLY_HANDLED_OPS = frozenset({"If", "Constant"})
+
+
+def torch_convert_map() -> dict:
+    """ATen target name ("conv2d.default") -> converter of TVM's ExportedProgram importer."""
+    from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
+
+    return ExportedProgramImporter().convert_map
+
+
+def tflite_operator_converter(model):
+    """TVM's TFLite operator converter for subgraph 0 of a parsed tflite.Model, used only to
+    name each operator (`get_op_code_str`) and look it up in `convert_map`."""
+    from tvm.relax.frontend.tflite.tflite_frontend import ExprTable, OperatorConverter
+
+    return OperatorConverter(model, model.Subgraphs(0), ExprTable(), None)
+
+
+def tflite_tensor_name(subgraph, index: int) -> str:
+    """The name TVM's TFLite importer gives a tensor (its Relax parameter name for an input)."""
+    from tvm.relax.frontend.tflite.tflite_frontend import get_tensor_name
+
+    return get_tensor_name(subgraph, index)

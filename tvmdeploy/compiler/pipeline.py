@@ -36,6 +36,7 @@ from .tuning.progress import Progress
 from ..runtime.weights_file import WEIGHTS_FILE, write_weights
 
 if TYPE_CHECKING:
+    import torch
     import tvm
 
     from .pruning import PruningConfig
@@ -53,7 +54,7 @@ class CompileResult:
 
 
 def compile_model(
-    model: str | os.PathLike,
+    model: "str | os.PathLike | torch.nn.Module | torch.export.ExportedProgram",
     target: str = "host",
     output_dir: str | os.PathLike | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
@@ -64,10 +65,13 @@ def compile_model(
     quantize: "QuantizationConfig | None" = None,
     calibration_data: str | os.PathLike | None = None,
     sign_key: str | os.PathLike | None = None,
+    example_inputs=None,
 ) -> CompileResult:
-    """Compile an ONNX model for a target preset into an artifact folder.
+    """Compile a model for a target preset into an artifact folder.
 
-    model: path to an .onnx file. target: a preset name (`tvmdeploy targets`) or a path
+    model: path to an .onnx, .pt2 (torch.export.save) or .tflite file, or a torch.nn.Module
+    (exported in eval mode on example_inputs, a tensor or tuple of tensors) or a
+    torch.export.ExportedProgram. target: a preset name (`tvmdeploy targets`) or a path
     to a preset .toml. output_dir: the artifact folder (default
     artifacts/<model>-<preset>). input_shapes: {input name: shape} for inputs whose
     shape the model leaves symbolic. tune: a TuningBudget to tune the kernels the
@@ -95,8 +99,8 @@ def compile_model(
     if output_dir:
         check_destination(Path(output_dir))  # never ours to replace: say so before the slow part
 
-    # 2. Import: model file -> Relax with static input shapes, weights bound as constants.
-    imported = import_model(model, input_shapes=input_shapes)
+    # 2. Import: ONNX, PyTorch or TFLite -> Relax with static input shapes, weights as constants.
+    imported = import_model(model, input_shapes=input_shapes, example_inputs=example_inputs)
     reports = CompileReports(imported=_import_report(imported))
 
     # 3. Optimize the graph: fold constants and BatchNorm, simplify.
@@ -162,10 +166,9 @@ def schedule_kernels(fused, tvm_target, preset, cache, tune=None, progress=None)
 
 
 def _import_report(imported) -> ImportReport:
-    frontend = getattr(imported, "frontend", "onnx")
     return ImportReport(
-        passes=list(imported.import_passes), frontend=frontend,
-        source_format=getattr(imported, "source_format", frontend), rewrites=list(imported.import_passes),
+        passes=list(imported.import_passes), format=imported.source_format, frontend=imported.frontend,
+        rewrites=list(imported.import_passes), versions=dict(imported.versions),
     )
 
 
@@ -196,7 +199,7 @@ def _manifest(imported, preset, tvm_target, reports: "CompileReports", seconds: 
         library=reports.build.library,
         weights=reports.build.weights,
         passes=reports.passes(),
-        versions=_versions(preset.device),
+        versions={**_versions(preset.device), **imported.versions},
         build_seconds=round(seconds, 3),
         extra=extra,
         compute_capability=_compute_capability(preset),
@@ -263,7 +266,7 @@ def shrink_graph(
 
 
 def tune_model(
-    model: str | os.PathLike,
+    model: "str | os.PathLike | torch.nn.Module | torch.export.ExportedProgram",
     target: str = "host",
     budget: "TuningBudget | None" = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
@@ -274,6 +277,7 @@ def tune_model(
     prune: "PruningConfig | None" = None,
     quantize: "QuantizationConfig | None" = None,
     calibration_data: str | os.PathLike | None = None,
+    example_inputs=None,
 ):
     """Tune a model's kernels for a target into the tuning cache (no artifact); returns a TuningReport.
 
@@ -298,7 +302,7 @@ def tune_model(
         from .tuning.remote import require_local_measurement
 
         require_local_measurement(preset)
-    imported = import_model(model, input_shapes=input_shapes)
+    imported = import_model(model, input_shapes=input_shapes, example_inputs=example_inputs)
     mod, _ = optimize_graph(imported.mod)
     mod = shrink_graph(mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress, tvm_target).mod
     cache = TargetCache.open(_tvm.target_to_dict(tvm_target), _tvm.TVM_VERSION, cache_dir)

@@ -33,9 +33,10 @@ class StageReport:
 
 @dataclass
 class ImportReport(StageReport):
-    frontend: str = "onnx"  # which importer read the model
-    source_format: str = "onnx"
-    rewrites: list[str] = field(default_factory=list)  # what the import changed before TVM saw it
+    format: str = "onnx"  # "onnx", "pytorch", "tflite"
+    frontend: str = ""  # the TVM importer that converted it
+    rewrites: list[str] = field(default_factory=list)  # what the import changed before/while converting
+    versions: dict = field(default_factory=dict)  # the source framework's version ({"torch": "2.13.0"})
 
 
 @dataclass

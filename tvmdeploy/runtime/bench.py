@@ -159,6 +159,13 @@ def _onnxruntime_runner(model_path: Path, inputs: dict[str, np.ndarray], threads
         import onnxruntime as ort
     except ImportError:
         raise TvmDeployError("--compare onnxruntime needs onnxruntime: pip install onnxruntime") from None
+    if model_path.suffix.lower() != ".onnx":
+        # A PyTorch (.pt2, in-memory module) or TFLite source: ONNX Runtime cannot run it.
+        raise TvmDeployError(
+            f"the artifact was compiled from {model_path}, which is not ONNX: compare with "
+            f"--compare onnxruntime:MODEL.onnx (an ONNX export of the same model), --model MODEL.onnx, "
+            f"or another artifact folder"
+        )
     if not model_path.is_file():
         raise TvmDeployError(
             f"the artifact's source model {model_path} is gone; pass the .onnx file with --model"

@@ -39,6 +39,7 @@ def import_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]
     path = Path(path)
     model, sha = _read_model(path)
     _check_supported_ops(model, path)
+    _check_inference_only(model, path)
     inputs = _static_inputs(model, path, input_shapes or {})
     model = with_static_inputs(model, inputs)
     import_passes = []
@@ -145,11 +146,11 @@ def _read_bounded(path: Path) -> bytes:
 
 def importer_max_opset() -> int:
     """The highest ONNX opset TVM's importer has a converter version for."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+    from .._tvm import onnx_convert_map
 
     versions = [
         int(name[len("_impl_v"):])
-        for converter in _get_convert_map().values()
+        for converter in onnx_convert_map().values()
         for name in dir(converter)
         if name.startswith("_impl_v") and name[len("_impl_v"):].isdigit()
     ]
@@ -210,9 +211,9 @@ def _shapeless_values(model: onnx.ModelProto) -> list[str]:
 
 
 def _check_supported_ops(model: onnx.ModelProto, path: Path) -> None:
-    from .._tvm import onnx_supported_ops
+    from .._tvm import ONNX_DIRECTLY_HANDLED_OPS, onnx_convert_map
 
-    supported = onnx_supported_ops()
+    supported = set(onnx_convert_map()) | ONNX_DIRECTLY_HANDLED_OPS
     missing = [n for n in walk_nodes(model.graph) if n.op_type not in supported]
     if missing:
         listed = ", ".join(
@@ -224,6 +225,25 @@ def _check_supported_ops(model: onnx.ModelProto, path: Path) -> None:
             f"{path}: {len(missing)} node(s) use operators TVM's ONNX importer does not support "
             f"({', '.join(kinds)}): {listed}. Replace them in the exporter (e.g. a different "
             f"opset or an equivalent op), or file an issue with the model attached"
+        )
+
+
+def _check_inference_only(model: onnx.ModelProto, path: Path) -> None:
+    """BatchNormalization in training mode normalizes with the batch's statistics and
+    updates the running ones; TVM's importer would silently use the running statistics."""
+    training = []
+    for n in walk_nodes(model.graph):
+        if n.op_type != "BatchNormalization":
+            continue
+        attrs = {a.name: a.i for a in n.attribute if a.name in ("training_mode", "is_test")}
+        # Opsets < 9 mark inference with is_test=1 and may still list the statistics outputs.
+        if attrs.get("training_mode", 0) or (len([o for o in n.output if o]) > 1 and not attrs.get("is_test", 0)):
+            training.append(f"'{n.name or '<unnamed>'}'")
+    if training:
+        raise ModelImportError(
+            f"{path}: BatchNormalization node(s) {', '.join(training)} are in training mode (batch statistics, "
+            f"running-statistics outputs); export the model for inference (model.eval() before torch.onnx.export, "
+            f"training=False in Keras)"
         )
 
 
@@ -242,8 +262,9 @@ def _static_inputs(model: onnx.ModelProto, path: Path, overrides: dict[str, tupl
         if not inp.type.HasField("tensor_type"):
             raise ModelImportError(f"{path}: input '{inp.name}' is not a tensor (sequence/map inputs are unsupported)")
         dtype = _dtype_name(tensor_type.elem_type)
+        # A fixed dimension may be 0 (an empty tensor): that is static, not symbolic.
         declared = [
-            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+            d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else (d.dim_param or "?")
             for d in tensor_type.shape.dim
         ]
         shown = f"[{', '.join(map(str, declared))}]"
@@ -260,7 +281,7 @@ def _static_inputs(model: onnx.ModelProto, path: Path, overrides: dict[str, tupl
                         f"{path}: --input-shape {inp.name}={','.join(map(str, shape))} contradicts "
                         f"the model's fixed shape {shown}"
                     )
-            if any(x <= 0 for x in shape):
+            if any(x < 0 or (x == 0 and want != 0) for x, want in zip(shape, declared)):
                 raise ModelImportError(f"{path}: --input-shape for '{inp.name}' must be positive integers")
         elif not tensor_type.HasField("shape"):
             problems.append(f"'{inp.name}' has no declared shape")
@@ -318,7 +339,9 @@ def _output_specs(model: onnx.ModelProto, mod) -> list[TensorSpec]:
     for name, info in zip(names, infos):
         # A static dimension is an IntImm (has .value); a symbolic one (data-dependent
         # output size) is a Var and is recorded as -1.
-        dims = info.shape.values if info.shape is not None else []
-        shape = tuple(int(d.value) if hasattr(d, "value") else -1 for d in dims)
+        if info.shape is not None:
+            shape = tuple(int(d.value) if hasattr(d, "value") else -1 for d in info.shape.values)
+        else:  # only the rank is known (a data-dependent output, e.g. Slice with starts as inputs)
+            shape = (-1,) * max(int(getattr(info, "ndim", 0)), 0)
         specs.append(TensorSpec(name, shape, str(info.dtype)))
     return specs

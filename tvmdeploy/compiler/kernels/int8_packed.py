@@ -85,11 +85,13 @@ def _i64(dims) -> list:
     return [tirx.IntImm("int64", int(d)) for d in dims]
 
 
-def conv2d_nhwc_packed(x_shape, packed_shape, strides, padding, dilation, activation: str = "uint8"):
-    """A PrimFunc (x uint8/int8 NHWC, packed weight int8) -> int32 NHWC."""
+def conv2d_nhwc_packed(x_shape, packed_shape, strides, padding, dilation, activation: str = "uint8", zero: int | None = None):
+    """A PrimFunc (x uint8/int8 NHWC, packed weight int8) -> int32 NHWC. zero: the stored
+    form of 0, which padding uses (default 128 for uint8, 0 for int8; an asymmetric
+    activation's own zero point where a pre-quantized model gives one)."""
     n, h, w, ic = x_shape
     ocb, kh, kw, icb, lanes, _ = packed_shape
-    zero = 128 if activation == "uint8" else 0
+    zero = (128 if activation == "uint8" else 0) if zero is None else int(zero)
     sh, sw = strides
     dh, dw = dilation
     pt, pl, pb, pr = padding

@@ -106,9 +106,14 @@ class QuantizeLayersInt8:
 
     def __init__(
         self, input_scales: Mapping[str, float], per_channel: bool = True, packed: PackedInt8 | None = None,
-        weight_max: int | None = None,
+        weight_max: int | None = None, asymmetric: Mapping[str, tuple[float, int, str]] | None = None,
     ):
         self.input_scales = dict(input_scales)
+        # {layer: (scale, zero point, "int8"/"uint8")} of a pre-quantized model's activations:
+        # where the kernel can honour a zero point (packed kernels pad with it; matmul has no
+        # padding), the layer reads exactly the model's int8 values instead of a symmetric
+        # re-quantization (which would lose a bit on post-ReLU tensors).
+        self.asymmetric = dict(asymmetric or {})
         self.per_channel = per_channel
         self.packed = packed
         # Default: what the packed kernels' instruction allows (127 without them).
@@ -134,6 +139,37 @@ class QuantizeLayersInt8:
         weight = call.args[1].value.numpy()
         quantized, s_w = quantize_weight(weight, layer.out_axis, self.per_channel, self.weight_max)
         spec = self.packed if self.packed is not None and self._packable(layer, call, self.packed.lanes) else None
+        asymmetric = self.asymmetric.get(layer.name)
+        if asymmetric is not None and (spec is not None or layer.op != "conv2d"):
+            s_x, acc = self._asymmetric_call(layer, call, quantized, kernels, spec, *asymmetric)
+        else:
+            acc = self._symmetric_call(layer, call, s_x, quantized, kernels, spec)
+        rescale = (s_x * s_w).reshape(-1)
+        if layer.op == "conv2d" and layer.data_axis == 1:
+            rescale = rescale.reshape(1, -1, 1, 1)
+        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(rescale.astype(np.float32)))
+
+    def _asymmetric_call(self, layer, call, quantized, kernels, spec, scale, zero_point, model_dtype):
+        """(scale, int32 accumulator) with the activation stored as round(x / scale) + its zero
+        point, shifted into the kernel's storage type; the zero point's share of the sum is
+        taken back per output channel, and conv padding uses the stored zero."""
+        storage = spec.activation if spec is not None else "int8"
+        offset = {("int8", "uint8"): 128, ("uint8", "uint8"): 0, ("int8", "int8"): 0, ("uint8", "int8"): -128}[
+            (model_dtype, storage)
+        ]
+        zero = int(zero_point) + offset
+        low, high = (0, 255) if storage == "uint8" else (-128, 127)
+        scaled = relax.op.round(relax.op.divide(call.args[0], relax.const(np.float32(scale))))
+        x = relax.op.astype(relax.op.clip(relax.op.add(scaled, relax.const(np.float32(zero))), low, high), storage)
+        if spec is not None:
+            acc = self._packed_call(layer, call, x, quantized, kernels, spec, zero)
+        else:
+            acc = relax.op.matmul(x, relax.const(quantized), out_dtype="int32")
+        if zero:
+            acc = relax.op.add(acc, relax.const(zero_point_correction(quantized, layer.out_axis, zero)))
+        return scale, acc
+
+    def _symmetric_call(self, layer, call, s_x, quantized, kernels, spec):
         scaled = relax.op.round(relax.op.divide(call.args[0], relax.const(np.float32(s_x))))
         if spec is not None and spec.activation == "uint8":
             x = relax.op.astype(relax.op.clip(relax.op.add(scaled, relax.const(np.float32(spec.zero_point))), 0, 255), "uint8")
@@ -153,10 +189,7 @@ class QuantizeLayersInt8:
                 )
             else:
                 acc = relax.op.matmul(x, relax.const(quantized), out_dtype="int32")
-        rescale = (s_x * s_w).reshape(-1)
-        if layer.op == "conv2d" and layer.data_axis == 1:
-            rescale = rescale.reshape(1, -1, 1, 1)
-        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(rescale.astype(np.float32)))
+        return acc
 
     @staticmethod
     def _packable(layer, call, lanes: int) -> bool:
@@ -168,7 +201,7 @@ class QuantizeLayersInt8:
         return dense_eligible(layer.weight_shape, lanes)
 
     @staticmethod
-    def _packed_call(layer, call, x, quantized, kernels, spec: PackedInt8):
+    def _packed_call(layer, call, x, quantized, kernels, spec: PackedInt8, zero: int | None = None):
         x_shape = static_shape(call.args[0])
         name = f"{layer.name}_{PACKED_SUFFIX}"
         if layer.op == "conv2d":
@@ -176,7 +209,8 @@ class QuantizeLayersInt8:
             weight = pack_conv2d_weight(quantized, spec.lanes)
             padding = [int(p) for p in a.padding]
             kernel = conv2d_nhwc_packed(
-                x_shape, weight.shape, [int(v) for v in a.strides], padding, [int(v) for v in a.dilation], spec.activation
+                x_shape, weight.shape, [int(v) for v in a.strides], padding, [int(v) for v in a.dilation], spec.activation,
+                zero,
             )
         else:
             weight = pack_dense_weight(quantized, spec.lanes)

@@ -20,6 +20,18 @@ from ..analysis.channels import analyze_channels, bindings_of
 
 def qdq_input_scales(mod) -> dict[str, float]:
     """{layer name: symmetric int8 input scale} for layers fed by a per-tensor dequantize."""
+    scales = {}
+    for name, (s, z, dtype) in qdq_input_params(mod).items():
+        low, high = (-128, 127) if dtype == "int8" else (0, 255)
+        peak = max(abs(s * (low - z)), abs(s * (high - z)))
+        scales[name] = peak / 127.0 if peak > 0 else 1.0
+    return scales
+
+
+def qdq_input_params(mod) -> dict[str, tuple[float, int, str]]:
+    """{layer name: (scale, zero point, int8/uint8)} of the per-tensor dequantize feeding it:
+    the model's own (asymmetric) activation quantization, which the packed int8 kernels
+    can reproduce exactly (TFLite int8 and ONNX Runtime uint8 activations)."""
     func = mod["main"] if isinstance(mod, tvm.ir.IRModule) else mod
     graph = analyze_channels(func)
     producer = {b.var: b.value for b in bindings_of(func) if isinstance(b, relax.VarBinding)}
@@ -35,10 +47,10 @@ def qdq_input_scales(mod) -> dict[str, float]:
         if s.size != 1 or z.size != 1:
             continue  # per-channel activations: leave as float
         dtype = str(source.args[0].ty.dtype)
-        low, high = (-128, 127) if dtype == "int8" else (0, 255)
-        peak = max(abs(float(s) * (low - float(z))), abs(float(s) * (high - float(z))))
-        scales[layer.name] = peak / 127.0 if peak > 0 else 1.0
+        if dtype not in ("int8", "uint8"):
+            continue
+        scales[layer.name] = (float(s.reshape(-1)[0]), int(z.reshape(-1)[0]), dtype)
     return scales
 
 
-__all__ = ["qdq_input_scales"]
+__all__ = ["qdq_input_scales", "qdq_input_params"]

@@ -173,7 +173,7 @@ def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, pr
 def quantize_qdq_model(mod, inputs, progress=None, target=None) -> tuple[object, QuantizationReport | None]:
     """A QDQ model's quantized layers onto int8 compute; (module, report) or (module, None)
     when the model has no QDQ layers."""
-    from .qdq import qdq_input_scales
+    from .qdq import qdq_input_params, qdq_input_scales
 
     scales = qdq_input_scales(mod)
     if not scales:
@@ -181,7 +181,8 @@ def quantize_qdq_model(mod, inputs, progress=None, target=None) -> tuple[object,
     ran = PassLog()
     packed = packed_int8_for(target)
     graph = to_nhwc(mod, ran) if packed is not None else mod
-    quantized = ran.run(FoldBiasIntoInt32(), ran.run(QuantizeLayersInt8(scales, packed=packed), graph))
+    layers = QuantizeLayersInt8(scales, packed=packed, asymmetric=qdq_input_params(mod))
+    quantized = ran.run(FoldBiasIntoInt32(), ran.run(layers, graph))
     data = random_calibration(inputs)
     reference = HostModel(mod, "measure the QDQ model").run(data.samples)
     accuracy = accuracy_report(reference, HostModel(quantized, "measure the QDQ model").run(data.samples), data)
