@@ -23,7 +23,7 @@ from onnx import helper
 from ...errors import ModelImportError, summarize_exception
 from ...runtime.manifest import TensorSpec
 from ...runtime.schema import DTYPES
-from .model import ImportedModel
+from .model import ImportedModel, checked_override
 from .onnx_rewrite import (
     computes_shapes,
     fold_with_onnxruntime,
@@ -269,20 +269,8 @@ def _static_inputs(model: onnx.ModelProto, path: Path, overrides: dict[str, tupl
         ]
         shown = f"[{', '.join(map(str, declared))}]"
         if inp.name in overrides:
-            shape = tuple(int(x) for x in overrides[inp.name])
-            if tensor_type.HasField("shape") and len(shape) != len(declared):
-                raise ModelImportError(
-                    f"{path}: --input-shape for '{inp.name}' has {len(shape)} dimensions, "
-                    f"the model declares {len(declared)}: {shown}"
-                )
-            for got, want in zip(shape, declared):
-                if isinstance(want, int) and got != want:
-                    raise ModelImportError(
-                        f"{path}: --input-shape {inp.name}={','.join(map(str, shape))} contradicts "
-                        f"the model's fixed shape {shown}"
-                    )
-            if any(x < 0 or (x == 0 and want != 0) for x, want in zip(shape, declared)):
-                raise ModelImportError(f"{path}: --input-shape for '{inp.name}' must be positive integers")
+            known = declared if tensor_type.HasField("shape") else None
+            shape = checked_override(path, inp.name, overrides[inp.name], known)
         elif not tensor_type.HasField("shape"):
             problems.append(f"'{inp.name}' has no declared shape")
             continue

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ...errors import ModelImportError, summarize_exception
 from ...runtime.manifest import TensorSpec
-from .model import ImportedModel
+from .model import ImportedModel, checked_override
 
 FRONTEND = "tvm.relax.frontend.tflite.from_tflite"
 INSTALL_HINT = "pip install 'tvmdeploy[tflite]'"
@@ -196,18 +196,7 @@ def _static_inputs(model, path: Path, overrides: dict[str, tuple[int, ...]]) -> 
         declared = [d if d >= 0 else "?" for d in signature]
         shown = f"[{', '.join(map(str, declared))}]"
         if name in overrides:
-            given = tuple(int(x) for x in overrides[name])
-            if len(given) != len(declared):
-                raise ModelImportError(
-                    f"{path}: --input-shape for '{name}' has {len(given)} dimensions, the model declares {len(declared)}: {shown}"
-                )
-            if any(x <= 0 for x in given):
-                raise ModelImportError(f"{path}: --input-shape for '{name}' must be positive integers")
-            for got, want in zip(given, declared):
-                if isinstance(want, int) and got != want:
-                    raise ModelImportError(
-                        f"{path}: --input-shape {name}={','.join(map(str, given))} contradicts the model's fixed shape {shown}"
-                    )
+            given = checked_override(path, name, overrides[name], declared)
             specs.append(TensorSpec(name, given, dtype))
         elif any(not isinstance(d, int) for d in declared):
             example = ",".join(str(d) if isinstance(d, int) else "1" for d in declared)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ...errors import ModelImportError, summarize_exception
 from ...runtime.manifest import TensorSpec
-from .model import ImportedModel
+from .model import ImportedModel, checked_override
 
 FRONTEND = "tvm.relax.frontend.torch.from_exported_program"
 INSTALL_HINT = "pip install 'tvmdeploy[torch]' (PyTorch CPU build: torch==2.13.0)"
@@ -215,19 +215,9 @@ def _static_inputs(torch, program, where: str, overrides: dict[str, tuple[int, .
         dtype = str(value.dtype).replace("torch.", "")
         shown = f"[{', '.join(map(str, declared))}]"
         if name in overrides:
-            shape = tuple(int(x) for x in overrides[name])
-            if len(shape) != len(declared):
-                raise ModelImportError(
-                    f"{where}: --input-shape for '{name}' has {len(shape)} dimensions, the program declares {len(declared)}: {shown}"
-                )
-            if any(x <= 0 for x in shape):
-                raise ModelImportError(f"{where}: --input-shape for '{name}' must be positive integers")
+            shape = checked_override(where, name, overrides[name], declared, "program")
             for got, want in zip(shape, declared):
                 if isinstance(want, int):
-                    if got != want:
-                        raise ModelImportError(
-                            f"{where}: --input-shape {name}={','.join(map(str, shape))} contradicts the program's fixed shape {shown}"
-                        )
                     continue
                 if want in bindings and bindings[want] != got:
                     raise ModelImportError(
