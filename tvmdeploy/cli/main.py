@@ -265,8 +265,15 @@ def _add_shrink_options(p) -> None:
         "magnitude:alpha=1.0 or magnitude:0.5,scope=layer), or a scheme alone with --max-accuracy-drop",
     )
     p.add_argument(
+        "--compress", action="append", metavar="SCHEME[:LEVEL]",
+        help="lowrank:0.25 (factor layers at a quarter of their rank; also lowrank:rank=16, "
+        "lowrank:energy=0.9), cluster:4 (share each layer's weights among 16 values; cluster:4,per_channel=1), "
+        "or a scheme alone with --max-accuracy-drop; may be given more than once",
+    )
+    p.add_argument(
         "--max-accuracy-drop", type=float, default=None, metavar="POINTS",
-        help="top-1 points pruning may cost (accuracy with labels, else agreement); needs --calibration-data",
+        help="top-1 points that --prune, --compress and --quantize together may cost (accuracy with labels, "
+        "else agreement), spent by one sensitivity search; needs --calibration-data",
     )
     p.add_argument(
         "--quantize", choices=list(QUANTIZE_SCHEMES),
@@ -285,7 +292,8 @@ def _add_shrink_options(p) -> None:
 
 
 def _shrink_configs(args):
-    """(prune config, quantize config) from the parsed options."""
+    """(prune config, compress configs, quantize config) from the parsed options; the
+    accuracy budget goes to each (shrink.py spends one budget across several)."""
     prune = None
     if args.prune:
         from ..compiler.pruning import parse_prune_spec
@@ -297,20 +305,27 @@ def _shrink_configs(args):
 
         quantize = parse_quantize_spec(
             args.quantize, observer=args.observer, percentile=args.percentile, min_layer_sqnr_db=args.min_layer_sqnr,
-            max_accuracy_drop=None if prune is not None else args.max_accuracy_drop,
+            max_accuracy_drop=args.max_accuracy_drop,
         )
     elif args.observer or args.percentile is not None or args.min_layer_sqnr is not None:
         raise UsageError("--observer, --percentile and --min-layer-sqnr go with --quantize int8")
-    if args.max_accuracy_drop is not None and not (args.prune or args.quantize):
-        raise UsageError("--max-accuracy-drop goes with --prune or --quantize (e.g. --prune structured --max-accuracy-drop 1.0)")
-    return prune, quantize
+    compress = []
+    for spec in args.compress or ():
+        from ..compiler.compression import parse_compress_spec
+
+        compress.append(parse_compress_spec(spec, args.max_accuracy_drop))
+    if args.max_accuracy_drop is not None and not (args.prune or args.quantize or compress):
+        raise UsageError(
+            "--max-accuracy-drop goes with --prune, --compress or --quantize (e.g. --prune structured --max-accuracy-drop 1.0)"
+        )
+    return prune, compress, quantize
 
 
 def _cmd_compile(args) -> int:
     from ..compiler.pipeline import compile_model
 
     tune = args.tune or args.tune_trials is not None
-    prune, quantize = _shrink_configs(args)
+    prune, compress, quantize = _shrink_configs(args)
     result = compile_model(
         args.model,
         target=args.target,
@@ -319,9 +334,11 @@ def _cmd_compile(args) -> int:
         tune=_budget(args.tune_trials if args.tune_trials is not None else DEFAULT_TRIALS, args) if tune else None,
         cache_dir=args.cache_dir,
         prune=prune,
+        compress=compress,
         quantize=quantize,
         calibration_data=args.calibration_data,
         sign_key=args.sign,
+        max_accuracy_drop=args.max_accuracy_drop,
     )
     m = result.manifest
     print(f"compiled {m.model_name} for {m.preset} ({m.arch}, {m.device}) in {m.build_seconds:.1f} s")
@@ -355,6 +372,14 @@ def _cmd_compile(args) -> int:
             f"  quantization: {quantization.scheme}: weight bytes {b['weight_bytes']:,} -> {a['weight_bytes']:,}; "
             f"output SQNR {sqnr} dB; {acc['metric']} {acc['before']:.2f} -> {acc['after']:.2f} on {acc['data']}"
         )
+    compression = result.reports.compression
+    if compression is not None:
+        for method, rows in compression.layers.items():
+            key = "rank" if method == "lowrank" else "bits"
+            chosen = ", ".join(f"{r['layer']}={r[key]}" for r in rows if r[key] is not None) or "no layer"
+            print(f"  {method}: {key} {chosen}")
+    if result.reports.size_accuracy is not None:
+        print("  " + result.reports.size_accuracy.text().replace("\n", "\n  "))
     print(f"  inputs:  {', '.join(s.describe() for s in m.inputs)}")
     print(f"  outputs: {', '.join(s.describe() for s in m.outputs)}")
     print(f"  artifact: {result.artifact_dir}")
@@ -371,7 +396,7 @@ def _ms(value) -> str:
 def _cmd_tune(args) -> int:
     from ..compiler.pipeline import tune_model
 
-    prune, quantize = _shrink_configs(args)
+    prune, compress, quantize = _shrink_configs(args)
     report = tune_model(
         args.model,
         target=args.target,
@@ -381,8 +406,10 @@ def _cmd_tune(args) -> int:
         tracker=args.tracker,
         key=args.key,
         prune=prune,
+        compress=compress,
         quantize=quantize,
         calibration_data=args.calibration_data,
+        max_accuracy_drop=args.max_accuracy_drop,
     )
     print(
         f"{report.trials} new trials in {report.seconds:.0f} s ({report.stopped_by}); "

@@ -23,6 +23,7 @@ from .optimize import optimize_graph
 from .presets import load_preset, resolve_preset
 from .reports import (
     BuildReport,
+    CompressionReport,
     GraphReport,
     ImportReport,
     LoweringReport,
@@ -30,8 +31,10 @@ from .reports import (
     PruningReport,
     QuantizationReport,
     ScheduleReport,
+    SizeAccuracyTable,
     passes_run,
 )
+from .shrink import shrink_graph
 from .tuning.progress import Progress
 from ..runtime.weights_file import WEIGHTS_FILE, write_weights
 
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     import torch
     import tvm
 
+    from .compression import CompressionConfig
     from .pruning import PruningConfig
     from .quantization import QuantizationConfig
     from .tuning.tuner import TuningBudget
@@ -66,6 +70,8 @@ def compile_model(
     calibration_data: str | os.PathLike | None = None,
     sign_key: str | os.PathLike | None = None,
     example_inputs=None,
+    compress: "list[CompressionConfig] | tuple" = (),
+    max_accuracy_drop: float | None = None,
 ) -> CompileResult:
     """Compile a model for a target preset into an artifact folder.
 
@@ -77,11 +83,13 @@ def compile_model(
     shape the model leaves symbolic. tune: a TuningBudget to tune the kernels the
     tuning cache does not cover yet (None: only reuse what the cache has). cache_dir:
     the tuning cache root (default: $TVMDEPLOY_CACHE_DIR or ~/.cache/tvmdeploy).
-    prune: a StructuredPruning / MagnitudePruning config. quantize: an Int8WeightOnly /
-    Int8Static config. calibration_data: an .npz with one array per input (first axis:
-    samples) and optional labels, on which pruning and quantization measure their
-    accuracy cost (pruning picks ratios there for --max-accuracy-drop; int8 calibrates
-    its activation scales there). sign_key: an Ed25519 private key (`tvmdeploy keygen`)
+    prune: a StructuredPruning / MagnitudePruning config. compress: LowRank / Clustering
+    configs. quantize: an Int8WeightOnly / Int8Static config. They apply in the order
+    prune -> low-rank -> cluster -> quantize (shrink.py). calibration_data: an .npz with
+    one array per input (first axis: samples) and optional labels, on which they measure
+    their accuracy cost (and int8 calibrates its activation scales). max_accuracy_drop:
+    one budget, in top-1 points, spent across all of them by one sensitivity search
+    (a config's own max_accuracy_drop does the same). sign_key: an Ed25519 private key (`tvmdeploy keygen`)
     to sign the manifest with (manifest.sig, written before the artifact appears).
     """
     started = time.perf_counter()
@@ -106,11 +114,16 @@ def compile_model(
     # 3. Optimize the graph: fold constants and BatchNorm, simplify.
     mod, reports.graph = optimize_graph(imported.mod)
 
-    # 4. Prune and quantize (if asked). Structured pruning rewrites layers to fewer
-    #    channels; magnitude pruning zeroes weights, which then travel compactly beside
-    #    the library; int8 rewrites conv/matmul to int8 weights (and int8 compute).
-    shrunk = shrink_graph(mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress, tvm_target)
+    # 4. Prune, compress and quantize (if asked), in that order. Structured pruning
+    #    removes channels; low-rank splits layers into thinner pairs; magnitude pruning
+    #    and clustering change weight values, which then travel compactly beside the
+    #    library; int8 rewrites conv/matmul to int8 weights (and int8 compute).
+    shrunk = shrink_graph(
+        mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress, tvm_target,
+        compress=compress, max_accuracy_drop=max_accuracy_drop,
+    )
     mod, reports.pruning, reports.quantization = shrunk.mod, shrunk.pruning, shrunk.quantization
+    reports.compression, reports.size_accuracy = shrunk.compression, shrunk.table
 
     # 5. Lower to fused kernels: the units that are tuned, cached and built.
     fused, reports.lowering = lower(mod)
@@ -182,8 +195,12 @@ def _manifest(imported, preset, tvm_target, reports: "CompileReports", seconds: 
     extra = {"import": reports.imported.to_json(), "tuning": tuning}
     if reports.pruning is not None:
         extra["pruning"] = reports.pruning.to_json()
+    if reports.compression is not None:
+        extra["compression"] = reports.compression.to_json()
     if reports.quantization is not None:
         extra["quantization"] = reports.quantization.to_json()
+    if reports.size_accuracy is not None:
+        extra["size_accuracy"] = reports.size_accuracy.to_json()
     return Manifest(
         model_name=imported.name,
         source_file=str(imported.source),
@@ -213,56 +230,18 @@ class CompileReports:
     imported: ImportReport
     graph: GraphReport | None = None
     pruning: PruningReport | None = None
+    compression: CompressionReport | None = None
     quantization: QuantizationReport | None = None
+    size_accuracy: SizeAccuracyTable | None = None  # before/after each shrinking step
     lowering: LoweringReport | None = None
     schedule: ScheduleReport | None = None
     build: BuildReport | None = None
 
     def passes(self) -> list[str]:
         return passes_run(
-            self.imported, self.graph, self.pruning, self.quantization, self.lowering, self.schedule, self.build
+            self.imported, self.graph, self.pruning, self.compression, self.quantization, self.lowering, self.schedule,
+            self.build,
         )
-
-
-@dataclass
-class ShrunkGraph:
-    mod: "tvm.ir.IRModule"
-    pruning: PruningReport | None = None
-    quantization: QuantizationReport | None = None
-    weights: list | None = None  # weights to store beside the library (None: embedded)
-
-
-def shrink_graph(
-    mod, inputs, prune=None, quantize=None, calibration_data=None, device="cpu", progress=None, target=None
-) -> ShrunkGraph:
-    """Pruning and quantization of the optimized graph, the same for compile and tune (so
-    tuning sees the kernels the artifact will have)."""
-    pruning, quantization, weights, calibration = None, None, None, None
-    if calibration_data is not None:
-        if prune is None and quantize is None:
-            raise TvmDeployError("--calibration-data is for --prune and --quantize; neither was asked for")
-        from .calibration import load_calibration
-
-        calibration = load_calibration(calibration_data, inputs)
-    if prune is not None:
-        from .pruning.prune import prune_graph
-
-        mod, pruning = prune_graph(mod, prune, inputs, calibration, progress)
-    if quantize is not None:
-        from .quantization.quantize import quantize_graph
-
-        mod, quantization = quantize_graph(mod, quantize, inputs, calibration, progress, device, target)
-    else:
-        # A pre-quantized (QDQ) model: its quantized layers compute in int8, not as float
-        # (a model without QuantizeLinear/DequantizeLinear comes back unchanged).
-        from .quantization.quantize import quantize_qdq_model
-
-        mod, quantization = quantize_qdq_model(mod, inputs, progress, target)
-    if pruning is not None and pruning.stores_weights_apart:
-        from .pruning.lift import lift_weights
-
-        mod, weights = lift_weights(mod)
-    return ShrunkGraph(mod, pruning, quantization, weights)
 
 
 def tune_model(
@@ -278,12 +257,14 @@ def tune_model(
     quantize: "QuantizationConfig | None" = None,
     calibration_data: str | os.PathLike | None = None,
     example_inputs=None,
+    compress: "list[CompressionConfig] | tuple" = (),
+    max_accuracy_drop: float | None = None,
 ):
     """Tune a model's kernels for a target into the tuning cache (no artifact); returns a TuningReport.
 
     tracker ('HOST:PORT') and key: measure the candidates on a device that TVM RPC tracker
     hands out under that key (cross-compiled with the preset's toolchain), not here.
-    prune / quantize / calibration_data: as for compile_model, so the tuned kernels are
+    prune / compress / quantize / calibration_data / max_accuracy_drop: as for compile_model, so the tuned kernels are
     the ones a compile with the same options builds.
     """
     from . import _tvm
@@ -304,7 +285,10 @@ def tune_model(
         require_local_measurement(preset)
     imported = import_model(model, input_shapes=input_shapes, example_inputs=example_inputs)
     mod, _ = optimize_graph(imported.mod)
-    mod = shrink_graph(mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress, tvm_target).mod
+    mod = shrink_graph(
+        mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress, tvm_target,
+        compress=compress, max_accuracy_drop=max_accuracy_drop,
+    ).mod
     cache = TargetCache.open(_tvm.target_to_dict(tvm_target), _tvm.TVM_VERSION, cache_dir)
     return tune(lower(mod)[0], tvm_target, cache, budget or TuningBudget(), progress, measure)
 

@@ -1,9 +1,12 @@
 """Weights stored beside the library, compactly: `weights.npz` in the artifact.
 
-Used when weights are mostly zeros (magnitude pruning): a weight with enough zeros is
-stored as a bit mask (1 bit per element) plus its non-zero values, so 50 % zeros cost
-about 53 % of the dense bytes; the rest are stored dense. The loader expands them once,
-at load time, and passes them to the model on every call.
+Each weight is stored in whichever of three encodings is smallest:
+- dense: the array as it is;
+- sparse (magnitude pruning): a bit mask (1 bit per element) plus the non-zero values, so
+  50 % zeros cost about 53 % of the dense bytes;
+- codebook (weight clustering): at most 2**bits distinct values, stored once as a
+  codebook, and one `bits`-bit index per element (4 bits: an eighth of float32's bytes).
+The loader expands them once, at load time, and passes them to the model on every call.
 
 Shared by the compiler and the thin loader: numpy and the standard library only.
 """
@@ -20,13 +23,76 @@ import numpy as np
 
 WEIGHTS_FILE = "weights.npz"
 FORMAT = "tvmdeploy-weights/1"
+MAX_CODEBOOK_BITS = 8
+# Looking for a codebook costs a sort; a weight whose first values already hold more
+# distinct values than any codebook can is skipped after this many.
+_CODEBOOK_PROBE = 4096
 
 
 def encoded_nbytes(array: np.ndarray) -> int:
-    """Bytes `array` takes in the file (the smaller of dense and mask + values)."""
+    """Bytes `array` takes in the file (the smallest of its encodings)."""
+    return _choose_encoding(array)[1]
+
+
+def _choose_encoding(array: np.ndarray) -> tuple[str, int, tuple | None]:
+    """(encoding, bytes, codebook parts) for the smallest encoding of `array`."""
     nonzero = int(np.count_nonzero(array))
+    best = ("dense", array.nbytes, None)
     sparse = (array.size + 7) // 8 + nonzero * array.itemsize
-    return min(array.nbytes, sparse)
+    if sparse < best[1]:
+        best = ("sparse", sparse, None)
+    codebook = _codebook(array)
+    if codebook is not None:
+        values, _, bits, _ = codebook
+        size = (array.size * bits + 7) // 8 + values.nbytes
+        if size < best[1]:
+            best = ("codebook", size, codebook)
+    return best
+
+
+def _codebook(array: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int | None] | None:
+    """(codebook, index of each element, bits per index, axis) when the array holds at most
+    2**MAX_CODEBOOK_BITS distinct values (axis None: one codebook), or every slice along
+    its first or last axis does (one codebook row per slice: per-channel clustering)."""
+    flat = array.reshape(-1)
+    if flat.size < 16 or array.dtype.kind not in "fiu":
+        return None
+    limit = 1 << MAX_CODEBOOK_BITS
+    best = None
+    if np.unique(flat[:_CODEBOOK_PROBE]).size <= limit:
+        values, indices = np.unique(flat, return_inverse=True)
+        if values.size <= limit:
+            best = (values, indices.astype(np.uint8 if values.size <= 256 else np.uint16), _bits(values.size), None)
+    for axis in sorted({0, array.ndim - 1}) if array.ndim > 1 else ():
+        rows = np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
+        if rows.shape[1] < 16 or np.unique(rows[0]).size > limit:
+            continue
+        split = [np.unique(row, return_inverse=True) for row in rows]
+        width = max(values.size for values, _ in split)
+        if width > limit or (best is not None and _bits(width) >= best[2]):
+            continue
+        codebook = np.zeros((rows.shape[0], width), dtype=array.dtype)
+        for row, (values, _) in enumerate(split):
+            codebook[row, : values.size] = values
+        indices = np.concatenate([inverse.reshape(-1) for _, inverse in split])
+        best = (codebook, indices, _bits(width), axis)
+    return best
+
+
+def _bits(count: int) -> int:
+    return max(1, int(np.ceil(np.log2(count)))) if count > 1 else 1
+
+
+def pack_indices(indices: np.ndarray, bits: int) -> np.ndarray:
+    """`bits`-bit unsigned indices, most significant bit first, packed into bytes."""
+    as_bits = np.unpackbits(indices.astype(np.uint8).reshape(-1, 1), axis=1)[:, 8 - bits :]
+    return np.packbits(as_bits.reshape(-1))
+
+
+def unpack_indices(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    as_bits = np.unpackbits(packed, count=count * bits).reshape(count, bits)
+    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.uint16)
+    return (as_bits.astype(np.uint16) @ weights).astype(np.uint16)
 
 
 def write_weights(path: Path, arrays: list[np.ndarray]) -> int:
@@ -36,12 +102,20 @@ def write_weights(path: Path, arrays: list[np.ndarray]) -> int:
     for i, array in enumerate(arrays):
         array = np.ascontiguousarray(array)
         entries[f"{i}.shape"] = np.array(array.shape, dtype=np.int64)
-        if encoded_nbytes(array) < array.nbytes:
+        encoding, nbytes, codebook = _choose_encoding(array)
+        if encoding == "sparse":
             entries[f"{i}.mask"] = np.packbits((array != 0).reshape(-1))
             entries[f"{i}.values"] = array.reshape(-1)[array.reshape(-1) != 0]
+        elif encoding == "codebook":
+            values, indices, bits, axis = codebook
+            entries[f"{i}.codebook"] = values
+            entries[f"{i}.indices"] = pack_indices(indices, bits)
+            entries[f"{i}.bits"] = np.array(bits, dtype=np.uint8)
+            if axis is not None:
+                entries[f"{i}.axis"] = np.array(axis, dtype=np.int64)
         else:
             entries[f"{i}.dense"] = array
-        total += encoded_nbytes(array)
+        total += nbytes
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     with open(tmp, "wb") as f:
         np.savez(f, **entries)
@@ -74,9 +148,12 @@ def read_weights(source: Path | BinaryIO, name: str | None = None) -> list[np.nd
             raise ValueError(f"{where}: damaged weights file ({type(e).__name__}: {e})") from None
 
 
+_KINDS = ("shape", "dense", "mask", "values", "codebook", "indices", "bits", "axis")
+
+
 def _entry_count(files: list[str], where: str) -> int:
     count = sum(1 for name in files if name.endswith(".shape"))
-    expected = {"format"} | {f"{i}.{kind}" for i in range(count) for kind in ("shape", "dense", "mask", "values")}
+    expected = {"format"} | {f"{i}.{kind}" for i in range(count) for kind in _KINDS}
     extra = sorted(set(files) - expected)
     if extra:
         raise ValueError(f"{where}: unexpected entry '{extra[0]}' (entries are 0..{count - 1})")
@@ -112,11 +189,13 @@ def _read_entry(data, i: int, where: str) -> np.ndarray:
         if dense.shape != shape:
             raise ValueError(f"{where}: weight {i} is stored as {list(dense.shape)} but declared {list(shape)}")
         return dense
-    mask_bits = data[f"{i}.mask"]
-    values = data[f"{i}.values"]
     size = 1
     for d in shape:
         size *= d
+    if f"{i}.codebook" in data.files:
+        return _read_codebook_entry(data, i, shape, size, where)
+    mask_bits = data[f"{i}.mask"]
+    values = data[f"{i}.values"]
     if mask_bits.dtype != np.uint8 or size > 8 * mask_bits.size:
         raise ValueError(f"{where}: weight {i} declares {size} elements, more than its mask of {mask_bits.size} bytes holds")
     mask = np.unpackbits(mask_bits, count=size).astype(bool)
@@ -125,3 +204,33 @@ def _read_entry(data, i: int, where: str) -> np.ndarray:
     dense = np.zeros(size, dtype=values.dtype)
     dense[mask] = values.reshape(-1)
     return dense.reshape(shape)
+
+
+def _read_codebook_entry(data, i: int, shape: tuple, size: int, where: str) -> np.ndarray:
+    values = data[f"{i}.codebook"]
+    packed = data[f"{i}.indices"]
+    bits = data[f"{i}.bits"]
+    if bits.shape != () or bits.dtype.kind not in "iu" or not 1 <= int(bits) <= MAX_CODEBOOK_BITS:
+        raise ValueError(f"{where}: weight {i} has an invalid index width {bits.tolist()} (1..{MAX_CODEBOOK_BITS} bits)")
+    bits = int(bits)
+    axis = data[f"{i}.axis"] if f"{i}.axis" in data.files else None
+    rows = 1
+    if axis is not None:
+        if axis.shape != () or axis.dtype.kind not in "iu" or not 0 <= int(axis) < len(shape):
+            raise ValueError(f"{where}: weight {i} has codebook axis {axis.tolist()} outside its {len(shape)} dimensions")
+        axis = int(axis)
+        rows = shape[axis]
+    width = values.shape[-1] if values.ndim else 0
+    if values.ndim != (1 if axis is None else 2) or values.dtype.kind not in "fiu" or not 0 < width <= 1 << bits \
+            or (axis is not None and values.shape[0] != rows):
+        raise ValueError(f"{where}: weight {i} has a codebook of shape {list(values.shape)} for {bits}-bit indices")
+    if packed.dtype != np.uint8 or packed.ndim != 1 or size * bits > 8 * packed.size:
+        raise ValueError(f"{where}: weight {i} declares {size} elements, more than its {packed.size} index bytes hold")
+    indices = unpack_indices(packed, bits, size)
+    if size and int(indices.max()) >= width:
+        raise ValueError(f"{where}: weight {i} has an index past its codebook of {width} values")
+    if axis is None:
+        return values[indices].reshape(shape)
+    moved = (shape[axis], *shape[:axis], *shape[axis + 1 :])
+    row = np.repeat(np.arange(rows), size // rows if rows else 0)
+    return np.moveaxis(values[row, indices].reshape(moved), 0, axis)

@@ -6,7 +6,7 @@ from typing import Callable
 
 from tvm import relax
 
-from .channels import Layer, analyze_channels
+from .channels import Layer, analyze_channels, bindings_of
 
 
 def is_primitive(func: relax.Function) -> bool:
@@ -39,3 +39,21 @@ def replace_calls(func: relax.Function, replace: dict) -> relax.Function:
             return super().visit_call_(call)
 
     return Replacer().visit_expr(func)
+
+
+def tap_layer_inputs(mod, graph):
+    """main returning (its outputs..., every layer's input): calibration taps."""
+    import tvm
+
+    flat = relax.transform.ToNonDataflow()(mod)
+    func = flat["main"]
+    bindings = bindings_of(func)
+    taps = [bindings[layer.slot[0]].value.args[0] for layer in graph.layers]
+    result = func.body.body
+    fields = list(result.fields) if isinstance(result, relax.Tuple) else [result]
+    returned = [*fields, *taps]
+    body = relax.SeqExpr(func.body.blocks, relax.Tuple(returned))
+    new = relax.Function(func.params, body, relax.TupleType([e.ty for e in returned]), func.is_pure, func.attrs)
+    out = tvm.ir.IRModule(dict(flat.functions_items()))
+    out["main"] = new
+    return out

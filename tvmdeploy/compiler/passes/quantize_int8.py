@@ -41,7 +41,13 @@ from .carry import carries_errors
 def quantize_weight(
     weight: np.ndarray, out_axis: int, per_channel: bool = True, weight_max: int = 127
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 in [-weight_max, weight_max]: (Wq int8, scale float32 broadcastable against W)."""
+    """Symmetric int8 in [-weight_max, weight_max]: (Wq int8, scale float32 broadcastable against W).
+
+    A clustered weight (a few shared values, compression/cluster.py) gets one scale for
+    the whole tensor, so its int8 values stay shared too and the weights file keeps
+    storing them as short indices into a codebook."""
+    if per_channel and _is_clustered(weight):
+        per_channel = False
     moved = np.moveaxis(weight, out_axis, 0).reshape(weight.shape[out_axis], -1)
     peak = np.abs(moved).max(axis=1) if per_channel else np.full(moved.shape[0], np.abs(moved).max())
     scale = np.where(peak > 0, peak / float(weight_max), 1.0).astype(np.float32)
@@ -50,6 +56,16 @@ def quantize_weight(
     scale = scale.reshape(shape)
     quantized = np.clip(np.round(weight / scale), -weight_max, weight_max).astype(np.int8)
     return quantized, scale
+
+
+def _is_clustered(weight: np.ndarray) -> bool:
+    """At most 256 distinct values, each used 8 times or more on average: no trained
+    float weight looks like that unless it was clustered."""
+    flat = weight.reshape(-1)
+    if flat.size < 2048 or np.unique(flat[:4096]).size > 256:
+        return False
+    distinct = np.unique(flat).size
+    return distinct <= 256 and flat.size >= 8 * distinct
 
 
 def _decode(quantized: np.ndarray, scale: np.ndarray) -> relax.Expr:

@@ -19,6 +19,7 @@ from .lift import lift_weights
 
 class WeightEditableModel:
     def __init__(self, mod: tvm.ir.IRModule, num_inputs: int):
+        self.mod = mod
         self.graph = analyze_channels(mod)
         lifted, self.weights = lift_weights(mod)
         func = lifted["main"]

@@ -14,6 +14,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from ..budget_search import greedy_search
 from ..calibration import Calibration, accuracy_report, random_calibration
 from ..passes.prune_channels import PruneChannels
 from ..passes.prune_magnitude import PruneMagnitude, magnitude_masks
@@ -121,39 +122,9 @@ def prune_graph(mod, config: PruningConfig, inputs, calibration: Calibration | N
 
 
 def _search(plan, scorer: _Scorer, budget: float, table: list) -> dict:
-    """Sensitivity scan, then greedy: raise the ratio of the layer that saves the most per
-    point of (individually measured) drop, keep the step if the combined plan stays
-    within the budget, else freeze that layer."""
-    zero = {k: 0.0 for k in plan.knobs}
-    single = {}
-    for knob in plan.knobs:
-        for ratio in RATIO_GRID:
-            drop, _ = scorer.drop(plan.weights({**zero, knob: ratio}))
-            single[knob, ratio] = drop
-            table.append({"layer": knob, "ratio": ratio, "drop": round(drop, 3), "saves": plan.saving(knob, ratio)})
-    current, frozen = dict(zero), set()
-    while True:
-        best, best_score = None, -1.0
-        for knob in plan.knobs:
-            if knob in frozen:
-                continue
-            steps = [r for r in RATIO_GRID if r > current[knob]]
-            if not steps:
-                continue
-            nxt = steps[0]
-            gain = plan.saving(knob, nxt) - plan.saving(knob, current[knob])
-            cost = max(single[knob, nxt] - single.get((knob, current[knob]), 0.0), 0.0) + 0.05
-            if gain / cost > best_score:
-                best, best_score = (knob, nxt), gain / cost
-        if best is None:
-            return current
-        knob, nxt = best
-        trial = {**current, knob: nxt}
-        drop, _ = scorer.drop(plan.weights(trial))
-        if drop <= budget + 1e-9:
-            current = trial
-        else:
-            frozen.add(knob)
+    """Per-layer ratios from the sensitivity scan and the greedy (budget_search)."""
+    chosen = greedy_search(plan, lambda ratios: scorer.drop(plan.weights(ratios))[0], budget, table, "ratio")
+    return {knob: chosen.get(knob, 0.0) for knob in plan.knobs}
 
 
 @register_pruning_planner(StructuredPruning)
@@ -177,6 +148,9 @@ class _StructuredPlan:
     def fixed_ratios(self) -> dict:
         return {k: self.config.ratio for k in self.knobs}
 
+    def grid(self, knob) -> tuple:
+        return RATIO_GRID
+
     def keep(self, ratios: dict) -> dict:
         """group id -> kept channels, for the groups that lose any."""
         out = {}
@@ -188,8 +162,26 @@ class _StructuredPlan:
         return out
 
     def weights(self, ratios: dict) -> list[np.ndarray]:
+        return self.edit(list(self.model.weights), ratios)
+
+    def edit(self, weights: list[np.ndarray], ratios: dict) -> list[np.ndarray]:
+        """The weights with the removed channels zeroed: in every consumer's input (which
+        gives the pruned model's outputs) and in the producers' outputs (so what later
+        edits compute from a producer's weight is what they would from the pruned one)."""
         keep = self.keep(ratios)
-        weights = list(self.model.weights)
+        weights = list(weights)
+        for group in self.groups.values():
+            kept = keep.get(group.id)
+            if kept is None:
+                continue
+            removed = np.setdiff1d(np.arange(group.channels), kept)
+            for layer in group.producers:
+                index = self.model.slot_param[layer.slot]
+                w = weights[index].copy()
+                index_tuple = [slice(None)] * w.ndim
+                index_tuple[layer.out_axis] = removed
+                w[tuple(index_tuple)] = 0
+                weights[index] = w
         done = set()
         for group in self.groups.values():
             for consumer in group.consumers:
@@ -227,6 +219,21 @@ class _StructuredPlan:
                 per_channel += sum(_consumer_share(self.graph, cons, group.id) for cons in group.consumers)
                 self._macs[key] = int(remove * per_channel)
         return self._macs[key]
+
+    def bytes_saved(self, knob: str, ratio: float) -> int:
+        """Weight bytes removed by pruning this group alone at `ratio` (producers' rows and
+        consumers' input slices)."""
+        if not ratio:
+            return 0
+        group = self.groups[knob]
+        c = group.channels
+        remove = min(int(np.floor(ratio * c + 1e-9)), c - 1)
+        per_channel = sum(int(np.prod(p.weight_shape)) * 4 / c for p in group.producers)
+        for consumer in group.consumers:
+            total = sum(n * r for _, n, r in consumer.state.segments)
+            per = sum(r for g, _, r in consumer.state.segments if g == group.id)
+            per_channel += int(np.prod(consumer.layer.weight_shape)) * 4 * per / total
+        return int(remove * per_channel)
 
     def layer_report(self, ratios: dict) -> list:
         keep = self.keep(ratios)
@@ -276,13 +283,19 @@ class _MagnitudePlan:
     def fixed_ratios(self) -> None:
         return None  # the config's own ratio/scope/alpha
 
+    def grid(self, knob) -> tuple:
+        return RATIO_GRID
+
     def masks(self, ratios: dict | None) -> dict:
         if ratios is None:
             return magnitude_masks(self.arrays, self.config.ratio, self.config.scope, self.config.alpha)
         return magnitude_masks(self.arrays, ratios)
 
     def weights(self, ratios: dict | None) -> list[np.ndarray]:
-        weights = list(self.model.weights)
+        return self.edit(list(self.model.weights), ratios)
+
+    def edit(self, weights: list[np.ndarray], ratios: dict | None) -> list[np.ndarray]:
+        weights = list(weights)
         for name, mask in self.masks(ratios).items():
             index = self.model.slot_param[self.layers[name].slot]
             weights[index] = np.where(mask, weights[index], 0).astype(weights[index].dtype)

@@ -26,7 +26,8 @@ from ..passes.quantize_int8 import (
     QuantizeLayersInt8,
     QuantizeWeightsInt8,
 )
-from ..analysis.channels import analyze_channels, bindings_of
+from ..analysis.channels import analyze_channels
+from ..analysis.layer_calls import tap_layer_inputs
 from ..analysis.stats import model_stats
 from ..reports import PassLog, QuantizationReport
 from .config import (
@@ -228,7 +229,7 @@ def calibrate(mod, graph, samples, config: Int8Static, weight_max: int = 127) ->
     noise, taken as independent, 1/SQNR = 1/SQNR_input + 1/SQNR_weight."""
     from ..passes.quantize_int8 import quantize_weight
 
-    tapped = _tap_layer_inputs(mod, graph)
+    tapped = tap_layer_inputs(mod, graph)
     runs = HostModel(tapped, "calibrate activations").run(samples)
     scales, layer_sqnr = {}, {}
     num_outputs = len(runs[0]) - len(graph.layers)
@@ -289,19 +290,3 @@ def entropy_threshold(values: np.ndarray, bins: int = 2048, levels: int = 128) -
         if kl < best_kl:
             best, best_kl = i, kl
     return float(edges[best])
-
-
-def _tap_layer_inputs(mod, graph) -> tvm.ir.IRModule:
-    """main returning (its outputs..., every layer's input)."""
-    flat = relax.transform.ToNonDataflow()(mod)
-    func = flat["main"]
-    bindings = bindings_of(func)
-    taps = [bindings[layer.slot[0]].value.args[0] for layer in graph.layers]
-    result = func.body.body
-    fields = list(result.fields) if isinstance(result, relax.Tuple) else [result]
-    returned = [*fields, *taps]
-    body = relax.SeqExpr(func.body.blocks, relax.Tuple(returned))
-    new = relax.Function(func.params, body, relax.TupleType([e.ty for e in returned]), func.is_pure, func.attrs)
-    out = tvm.ir.IRModule(dict(flat.functions_items()))
-    out["main"] = new
-    return out
