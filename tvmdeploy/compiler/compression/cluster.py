@@ -13,7 +13,7 @@ import hashlib
 import numpy as np
 
 _CACHE: dict = {}
-ITERATIONS = 30
+ITERATIONS = 100
 
 
 def kmeans_1d(values: np.ndarray, k: int) -> np.ndarray:
