@@ -80,28 +80,9 @@ def approximate(weight: np.ndarray, out_axis: int, rank: int, covariance: np.nda
     return from_matrix(p @ q, weight.shape, out_axis).astype(weight.dtype)
 
 
-def input_covariances(mod, graph, samples, max_rows: int = 20000) -> dict[str, np.ndarray]:
-    """Per conv2d/matmul layer, X X^T / n of its input patches on the samples, with X's
-    rows ordered as the layer's weight matrix columns (as_matrix)."""
-    from ..analysis.layer_calls import tap_layer_inputs
-    from ..host_eval import HostModel
-
-    runs = HostModel(tap_layer_inputs(mod, graph), "measure layer inputs for low-rank").run(samples)
-    outputs = len(runs[0]) - len(graph.layers)
-    rng = np.random.default_rng(0)
-    covariances = {}
-    for i, layer in enumerate(graph.layers):
-        call = graph.bindings[layer.slot[0]].value
-        rows = np.concatenate([_patches(r[outputs + i], layer, call) for r in runs])
-        if rows.shape[0] > max_rows:
-            rows = rows[rng.choice(rows.shape[0], max_rows, replace=False)]
-        rows = rows.astype(np.float64)
-        covariances[layer.name] = rows.T @ rows / max(rows.shape[0], 1)
-    return covariances
-
-
-def _patches(x: np.ndarray, layer, call) -> np.ndarray:
-    """The layer's input as rows of (I*kh*kw) (NCHW/OIHW) or (kh*kw*I) (NHWC/OHWI), or (K)."""
+def input_rows(x: np.ndarray, layer, call) -> np.ndarray:
+    """The layer's input x as rows of (I*kh*kw) (NCHW/OIHW) or (kh*kw*I) (NHWC/OHWI) patches,
+    or of (K) features (matmul): the columns of its weight matrix (as_matrix)."""
     if layer.op == "matmul":
         return x.reshape(-1, x.shape[-1])
     attrs = call.attrs
@@ -141,3 +122,12 @@ def fixed_rank(config: LowRank, matrix: np.ndarray, covariance: np.ndarray | Non
     if config.rank_ratio is not None:
         return max(1, int(np.ceil(config.rank_ratio * min(rows, cols))))
     return energy_rank(matrix, config.energy if config.energy is not None else DEFAULT_ENERGY, covariance)
+
+
+def covariance(rows: list[np.ndarray], max_rows: int = 20000) -> np.ndarray:
+    """X X^T / n of a layer's input rows (a seeded subsample past max_rows)."""
+    x = np.concatenate(rows)
+    if x.shape[0] > max_rows:
+        x = x[np.random.default_rng(0).choice(x.shape[0], max_rows, replace=False)]
+    x = x.astype(np.float64)
+    return x.T @ x / max(x.shape[0], 1)

@@ -10,7 +10,7 @@ import numpy as np
 from ...runtime.weights_file import encoded_nbytes
 from .cluster import cluster_weight
 from .config import BITS_GRID, Clustering, CompressionError, LowRank
-from .lowrank import approximate, as_matrix, break_even_rank, fixed_rank, input_covariances, rank_grid
+from .lowrank import approximate, as_matrix, break_even_rank, fixed_rank, rank_grid
 
 
 class _LayerPlan:
@@ -50,12 +50,12 @@ class _LayerPlan:
 class LowRankPlan(_LayerPlan):
     method = "lowrank"
 
-    def __init__(self, model, config: LowRank, search: bool = False, samples=None):
+    def __init__(self, model, config: LowRank, search: bool = False, covariances: dict | None = None):
         super().__init__(model, config, search)
         self.skipped: list[dict] = []
         self.grids: dict[str, list[int]] = {}
-        # Data-aware factors: the covariance of every layer's inputs on the samples.
-        self.covariances = input_covariances(model.mod, model.graph, samples) if samples else {}
+        # Data-aware factors: the covariance of every layer's inputs on the calibration samples.
+        self.covariances = covariances or {}
         for name in self.layers:
             matrix = as_matrix(self.weight(name), self.layers[name].out_axis)
             rows, cols = matrix.shape
@@ -109,7 +109,7 @@ class LowRankPlan(_LayerPlan):
 class ClusterPlan(_LayerPlan):
     method = "cluster"
 
-    def __init__(self, model, config: Clustering, search: bool = False, samples=None):
+    def __init__(self, model, config: Clustering, search: bool = False, covariances: dict | None = None):
         super().__init__(model, config, search)
         self.knobs = list(self.layers)
         self.unit = "bytes"

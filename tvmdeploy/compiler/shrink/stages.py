@@ -25,8 +25,8 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from ..errors import TvmDeployError
-from .reports import CompressionReport, PassLog, PruningReport, QuantizationReport, SizeAccuracyTable
+from ...errors import TvmDeployError
+from ..reports import CompressionReport, PassLog, PruningReport, QuantizationReport, SizeAccuracyTable
 
 ORDER = ("prune", "lowrank", "cluster", "quantize")
 
@@ -47,7 +47,7 @@ def shrink_graph(
 ) -> ShrunkGraph:
     """Pruning, compression and quantization of the optimized graph, the same for compile
     and tune (so tuning sees the kernels the artifact will have)."""
-    from .compression.config import CompressionError
+    from ..compression.config import CompressionError
 
     compress = _ordered(compress)
     asked = [c for c in (prune, *compress, quantize) if c is not None]
@@ -55,7 +55,7 @@ def shrink_graph(
     if calibration_data is not None:
         if not asked:
             raise TvmDeployError("--calibration-data is for --prune, --compress and --quantize; none was asked for")
-        from .calibration import load_calibration
+        from ..calibration import load_calibration
 
         calibration = load_calibration(calibration_data, inputs)
     budgets = [c.max_accuracy_drop for c in asked if c.max_accuracy_drop is not None]
@@ -65,7 +65,7 @@ def shrink_graph(
     if not asked:
         return _qdq_only(mod, inputs, progress, target)
     say = progress.message if progress is not None else (lambda text: None)
-    from .calibration import random_calibration
+    from ..calibration import random_calibration
 
     data = calibration or random_calibration(inputs)
     table = SizeAccuracyTable(data=data.source)
@@ -81,14 +81,14 @@ def shrink_graph(
     table.finish(apart)
     say(table.text())
     if apart:
-        from .pruning.lift import lift_weights
+        from ..pruning.lift import lift_weights
 
         shrunk.mod, shrunk.weights = lift_weights(shrunk.mod)
     return shrunk
 
 
 def _ordered(compress) -> list:
-    from .compression.config import SCHEMES, CompressionError, scheme_name
+    from ..compression.config import SCHEMES, CompressionError, scheme_name
 
     compress = list(compress or ())
     names = [scheme_name(c) for c in compress]
@@ -102,7 +102,7 @@ def _ordered(compress) -> list:
 def _qdq_only(mod, inputs, progress, target) -> ShrunkGraph:
     # A pre-quantized (QDQ) model: its quantized layers compute in int8, not as float
     # (a model without QuantizeLinear/DequantizeLinear comes back unchanged).
-    from .quantization.quantize import quantize_qdq_model
+    from ..quantization.quantize import quantize_qdq_model
 
     mod, quantization = quantize_qdq_model(mod, inputs, progress, target)
     return ShrunkGraph(mod, quantization=quantization)
@@ -114,7 +114,7 @@ class _Steps:
     more; later steps are built and run once on the same samples."""
 
     def __init__(self, original, data, table: SizeAccuracyTable, say):
-        from .analysis.stats import model_stats
+        from ..analysis.stats import model_stats
 
         self.original, self.data, self.table, self.say = original, data, table, say
         self._reference = None
@@ -124,7 +124,7 @@ class _Steps:
     @property
     def reference(self):
         if self._reference is None:
-            from .host_eval import HostModel
+            from ..host_eval import HostModel
 
             self._reference = HostModel(self.original, "measure the original model").run(self.data.samples)
         return self._reference
@@ -133,9 +133,9 @@ class _Steps:
             same_macs: bool = False) -> dict:
         """accuracy: the step's own measurement, used when the step is the first; stats:
         the step's own ModelStats.to_json() (quantization measures before fusing decodes)."""
-        from .analysis.stats import model_stats
-        from .calibration import accuracy_report
-        from .host_eval import HostModel
+        from ..analysis.stats import model_stats
+        from ..calibration import accuracy_report
+        from ..host_eval import HostModel
 
         if accuracy is None or not self.first:
             if outputs is None:
@@ -148,16 +148,16 @@ class _Steps:
 def _in_turn(mod, inputs, prune, compress, quantize, calibration, device, progress, target, steps) -> ShrunkGraph:
     shrunk = ShrunkGraph(mod)
     if prune is not None:
-        from .pruning.config import scheme_name
-        from .pruning.prune import prune_graph
+        from ..pruning.config import scheme_name
+        from ..pruning.prune import prune_graph
 
         shrunk.mod, shrunk.pruning = prune_graph(shrunk.mod, prune, inputs, calibration, progress)
         steps.add(f"prune {scheme_name(prune)}", shrunk.mod, shrunk.pruning.accuracy)
     if compress:
         shrunk.mod, shrunk.compression = _compress_fixed(shrunk.mod, compress, inputs, steps)
     if quantize is not None:
-        from .quantization.config import scheme_name
-        from .quantization.quantize import quantize_graph
+        from ..quantization.config import scheme_name
+        from ..quantization.quantize import quantize_graph
 
         shrunk.mod, shrunk.quantization = quantize_graph(shrunk.mod, quantize, inputs, calibration, progress, device, target)
         steps.add(scheme_name(quantize), shrunk.mod, shrunk.quantization.accuracy, stats=shrunk.quantization.after, same_macs=True)
@@ -166,14 +166,16 @@ def _in_turn(mod, inputs, prune, compress, quantize, calibration, device, progre
 
 def _compress_fixed(mod, compress, inputs, steps):
     """Each compression at the levels its config gives, in order, each on the last's result."""
-    from .compression.config import scheme_name
-    from .compression.plans import PLANS
-    from .pruning.evaluate import WeightEditableModel
+    from ..compression.config import scheme_name
+    from ..compression.plans import PLANS
+    from ..pruning.evaluate import WeightEditableModel
 
     started, ran = time.monotonic(), PassLog()
     report = CompressionReport(methods=[scheme_name(c) for c in compress], config=[_config_json(c) for c in compress])
     for config in compress:
-        plan = PLANS[type(config)](WeightEditableModel(mod, len(inputs)), config, samples=steps.data.samples)
+        model = WeightEditableModel(mod, len(inputs))
+        covariances = layer_input_covariances(mod, model.graph, steps.data.samples) if config.__class__.__name__ == "LowRank" else None
+        plan = PLANS[type(config)](model, config, covariances=covariances)
         levels = plan.fixed_levels()
         mod = _apply(plan, mod, levels, ran)
         report.layers[plan.method] = plan.layer_report(levels)
@@ -183,9 +185,24 @@ def _compress_fixed(mod, compress, inputs, steps):
     return mod, report
 
 
+def layer_input_covariances(mod, graph, samples) -> dict:
+    """Per conv2d/matmul layer, the covariance of its input patches on the samples (what
+    data-aware low-rank factors are fitted to)."""
+    from ..analysis.layer_calls import tap_layer_inputs
+    from ..compression.lowrank import covariance, input_rows
+    from ..host_eval import HostModel
+
+    runs = HostModel(tap_layer_inputs(mod, graph), "measure layer inputs for low-rank").run(samples)
+    outputs = len(runs[0]) - len(graph.layers)
+    return {
+        layer.name: covariance([input_rows(r[outputs + i], layer, graph.bindings[layer.slot[0]].value) for r in runs])
+        for i, layer in enumerate(graph.layers)
+    }
+
+
 def _apply(plan, mod, levels: dict, ran: PassLog, covariances: dict | None = None):
-    from .passes.cluster_weights import ClusterWeights
-    from .passes.factorize_lowrank import FactorizeLowRank
+    from ..passes.cluster_weights import ClusterWeights
+    from ..passes.factorize_lowrank import FactorizeLowRank
 
     if not levels:
         return mod
@@ -195,7 +212,7 @@ def _apply(plan, mod, levels: dict, ran: PassLog, covariances: dict | None = Non
 
 
 def _config_json(config) -> dict:
-    from .compression.config import CONFIG_VERSION
+    from ..compression.config import CONFIG_VERSION
 
     return {**dataclasses.asdict(config), "type": type(config).__name__, "version": CONFIG_VERSION}
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from .reports import CompressionReport, PassLog, PruningReport
+from ..reports import CompressionReport, PassLog, PruningReport
 
 _EXCLUSIVE = ("lowrank", "cluster")
 
@@ -68,14 +68,14 @@ class JointSearch:
         self.say = progress.message if progress is not None else (lambda text: None)
 
     def run(self):
-        from .compression.config import CompressionError
-        from .shrink import ShrunkGraph
+        from ..compression.config import CompressionError
+        from .stages import ShrunkGraph
 
         started = time.monotonic()
         shrunk = ShrunkGraph(self.mod)
         fixed_prune = self.prune is not None and not _searched(self.prune)
         if fixed_prune:
-            from .pruning.prune import prune_graph
+            from ..pruning.prune import prune_graph
 
             shrunk.mod, shrunk.pruning = prune_graph(shrunk.mod, _unbudgeted(self.prune), self.inputs, self.calibration)
             self.steps.add("prune", shrunk.mod, shrunk.pruning.accuracy)
@@ -83,7 +83,7 @@ class JointSearch:
         searched = [c for c in self.compress if c.searched]
         report = CompressionReport(methods=[_scheme(c) for c in self.compress], config=[_config_json(c) for c in self.compress])
         if fixed:
-            from .shrink import _compress_fixed
+            from .stages import _compress_fixed
 
             shrunk.mod, fixed_report = _compress_fixed(shrunk.mod, fixed, self.inputs, self.steps)
             report.layers, report.skipped = dict(fixed_report.layers), list(fixed_report.skipped)
@@ -123,7 +123,7 @@ class JointSearch:
         return shrunk
 
     def _quantization_cost(self, base) -> float:
-        from .quantization.quantize import quantize_graph
+        from ..quantization.quantize import quantize_graph
 
         _, quantization = quantize_graph(base, _unbudgeted(self.quantize), self.inputs, self.calibration, None, self.device, self.target)
         cost = max(float(quantization.accuracy["drop"]), 0.0)
@@ -133,22 +133,27 @@ class JointSearch:
     def _prepare(self, base, prune, searched) -> None:
         """The model the scan edits, the methods' plans, and the scan's memory (built once
         for all attempts)."""
-        from .compression.plans import PLANS
-        from .pruning.evaluate import WeightEditableModel
-        from .pruning.prune import PLANNERS
+        from ..compression.plans import PLANS
+        from ..pruning.evaluate import WeightEditableModel
+        from ..pruning.prune import PLANNERS
 
         self.model = WeightEditableModel(base, len(self.inputs))
         plans = {}
         if prune is not None:
             plans["prune"] = PLANNERS[type(prune)](self.model, prune)
         for config in sorted(searched, key=lambda c: _EXCLUSIVE.index(_scheme(c)), reverse=True):  # cluster first
-            plans[_scheme(config)] = PLANS[type(config)](self.model, config, search=True, samples=self.steps.data.samples)
+            covariances = None
+            if _scheme(config) == "lowrank":
+                from .stages import layer_input_covariances
+
+                covariances = layer_input_covariances(base, self.model.graph, self.steps.data.samples)
+            plans[_scheme(config)] = PLANS[type(config)](self.model, config, search=True, covariances=covariances)
         self.joint = JointPlan(plans)
         self.single: dict = {}
 
     def _search_and_apply(self, base, prune, searched, search_budget: float, report: CompressionReport) -> dict:
-        from .budget_search import greedy_search
-        from .calibration import accuracy_report
+        from ..budget_search import greedy_search
+        from ..calibration import accuracy_report
 
         if not hasattr(self, "joint"):
             self._prepare(base, prune, searched)
@@ -173,15 +178,15 @@ class JointSearch:
         ran = PassLog()
         for method in ("cluster", "lowrank"):
             if method in plans:
-                from .shrink import _apply
+                from .stages import _apply
 
                 covariances = None
                 if method == "lowrank" and pruning is not None and pruning.passes:
                     # Pruned inputs: the covariances of the layers as they are now.
-                    from .analysis.channels import analyze_channels
-                    from .compression.lowrank import input_covariances
+                    from ..analysis.channels import analyze_channels
+                    from .stages import layer_input_covariances
 
-                    covariances = input_covariances(mod, analyze_channels(mod), data.samples)
+                    covariances = layer_input_covariances(mod, analyze_channels(mod), data.samples)
                 mod = _apply(plans[method], mod, chosen[method], ran, covariances)
                 report.layers[method] = plans[method].layer_report(chosen[method])
                 report.skipped.extend({**s, "method": method} for s in plans[method].skipped)
@@ -189,16 +194,16 @@ class JointSearch:
         report.passes = [*self.fixed_passes, *ran]
         quantization = None
         if self.quantize is not None:
-            from .quantization.config import scheme_name
-            from .quantization.quantize import quantize_graph
+            from ..quantization.config import scheme_name
+            from ..quantization.quantize import quantize_graph
 
             mod, quantization = quantize_graph(mod, _unbudgeted(self.quantize), self.inputs, self.calibration, self.progress, self.device, self.target)
             self.steps.add(scheme_name(self.quantize), mod, stats=quantization.after, same_macs=True)
         return {"mod": mod, "levels": levels, "pruning": pruning, "quantization": quantization}
 
     def _apply_prune(self, base, plan, config, chosen: dict):
-        from .analysis.stats import model_stats
-        from .pruning.config import CONFIG_VERSION, scheme_name
+        from ..analysis.stats import model_stats
+        from ..pruning.config import CONFIG_VERSION, scheme_name
 
         ratios = {knob: chosen.get(knob, 0.0) for knob in plan.knobs}
         ran = PassLog()
@@ -232,12 +237,12 @@ def _unbudgeted(config):
 
 
 def _scheme(config) -> str:
-    from .compression.config import scheme_name
+    from ..compression.config import scheme_name
 
     return scheme_name(config)
 
 
 def _config_json(config) -> dict:
-    from .shrink import _config_json as as_json
+    from .stages import _config_json as as_json
 
     return as_json(config)
