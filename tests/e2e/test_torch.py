@@ -1,7 +1,7 @@
 """PyTorch models (defined here) through torch.export -> tvmdeploy, against torch eager.
 
 Compiled from the nn.Module (Python API) and from a .pt2 written by torch.export.save
-(CLI); outputs within 1e-4 of eager PyTorch. Pruning and int8 on the torch path measure
+(CLI); outputs within 1e-4 of eager PyTorch. Pruning, int8, low-rank and clustering on the torch path measure
 the same output SQNR (within 1 dB) as on the model's ONNX export.
 """
 
@@ -17,6 +17,7 @@ from torch import nn  # noqa: E402
 
 from tvmdeploy import compile_model, load  # noqa: E402
 from tvmdeploy.cli.main import main  # noqa: E402
+from tvmdeploy.compiler.compression import Clustering, LowRank  # noqa: E402
 from tvmdeploy.compiler.pruning import StructuredPruning  # noqa: E402
 from tvmdeploy.compiler.quantization import Int8Static  # noqa: E402
 
@@ -173,30 +174,33 @@ def _calibration(tmp_path, name, shape, n=16):
     return path
 
 
-@pytest.mark.parametrize("what", ["prune", "int8"])
+@pytest.mark.parametrize("what", ["prune", "int8", "lowrank", "cluster"])
 def test_pruning_and_int8_match_the_onnx_export(what, tmp_path):
     """The same model through torch.export and through torch.onnx.export: the same graph
-    after import, so pruning / int8 cost the same output SQNR."""
+    after import, so pruning / int8 / low-rank / clustering cost the same output SQNR."""
     module, inputs = make("conv_bn_relu")
     onnx_path = tmp_path / "conv_bn_relu.onnx"
     torch.onnx.export(module, inputs, onnx_path, input_names=["x"], dynamo=False)
     calibration = _calibration(tmp_path, "cbr", tuple(inputs[0].shape))
     options = dict(calibration_data=calibration)
+    key = "size_accuracy"
     if what == "prune":
         options["prune"] = StructuredPruning(ratio=0.5)
-        key = "pruning"
-    else:
+    elif what == "int8":
         options["quantize"] = Int8Static()
-        key = "quantization"
+    elif what == "lowrank":
+        options["compress"] = [LowRank(rank_ratio=0.5)]
+    else:
+        options["compress"] = [Clustering(bits=3)]
     from_torch = compile_model(module, "host", output_dir=tmp_path / "t", example_inputs=inputs, **options).manifest
     from_onnx = compile_model(onnx_path, "host", output_dir=tmp_path / "o", **options).manifest
-    t_sqnr = from_torch.extra[key]["accuracy"]["output_sqnr_db"][0]
-    o_sqnr = from_onnx.extra[key]["accuracy"]["output_sqnr_db"][0]
+    t_sqnr = from_torch.extra[key]["rows"][-1]["output_sqnr_db"][0]
+    o_sqnr = from_onnx.extra[key]["rows"][-1]["output_sqnr_db"][0]
     assert t_sqnr is not None and o_sqnr is not None
     assert abs(t_sqnr - o_sqnr) <= 1.0, (t_sqnr, o_sqnr)
     assert t_sqnr < 60  # something was really pruned / quantized
-    if what == "prune":
-        assert from_torch.extra[key]["after"]["macs"] < from_torch.extra[key]["before"]["macs"]
+    if what in ("prune", "lowrank"):
+        assert from_torch.extra[key]["rows"][-1]["macs"] < from_torch.extra[key]["rows"][0]["macs"]
     # and the artifact computes what the report measured: close to eager at that SQNR
     model = load(tmp_path / "t")
     got, ref = model(inputs[0].numpy())[0], eager(module, inputs)[0]

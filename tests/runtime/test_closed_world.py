@@ -256,7 +256,7 @@ def test_declared_weight_size_is_bounded_by_the_file(pruned_artifact, tmp_path):
 
 def test_npy_header_declaring_more_than_stored_is_refused(tmp_path):
     path = tmp_path / "w.npz"
-    write_weights(path, [np.ones((4, 4), np.float32)])
+    write_weights(path, [np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)])  # dense (distinct values)
     crafted = io.BytesIO()  # a header claiming 2**37 floats in front of 64 bytes
     np.lib.format.write_array_header_1_0(crafted, {"descr": "<f4", "fortran_order": False, "shape": (1 << 37,)})
     crafted.write(bytes(64))
