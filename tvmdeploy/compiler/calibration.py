@@ -114,6 +114,25 @@ def top1(runs) -> np.ndarray:
     return np.stack([np.argmax(r[0].reshape(-1, r[0].shape[-1]), axis=-1) for r in runs])
 
 
+def confidence_drop(reference, outputs) -> float:
+    """Points of probability (softmax of the first output) that the reference's top-1
+    class loses, on average: a search's early warning. On data the model is sure of
+    (its own training samples) top-1 moves only once the damage is large; the
+    reference class's probability moves from the first step, and held-out top-1 with it."""
+    def softmax(runs):
+        logits = np.concatenate([r[0].reshape(-1, r[0].shape[-1]) for r in runs]).astype(np.float64)
+        logits -= logits.max(axis=-1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    p_ref, p_out = softmax(reference), softmax(outputs)
+    if p_ref.shape[-1] < 2:
+        return 0.0
+    cls = np.argmax(p_ref, axis=-1)
+    rows = np.arange(len(cls))
+    return 100.0 * float(np.mean(np.maximum(p_ref[rows, cls] - p_out[rows, cls], 0.0)))
+
+
 def accuracy_report(reference, outputs, calibration: Calibration) -> dict:
     """How far `outputs` (runs of a changed model) are from `reference` (the original)."""
     ref_top1, out_top1 = top1(reference), top1(outputs)

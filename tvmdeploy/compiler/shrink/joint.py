@@ -153,7 +153,7 @@ class JointSearch:
 
     def _search_and_apply(self, base, prune, searched, search_budget: float, report: CompressionReport) -> dict:
         from ..budget_search import greedy_search
-        from ..calibration import accuracy_report
+        from ..calibration import accuracy_report, confidence_drop
 
         if not hasattr(self, "joint"):
             self._prepare(base, prune, searched)
@@ -162,9 +162,12 @@ class JointSearch:
         evaluations = [0]
 
         def drop_of(levels: dict) -> float:
+            # The larger of the top-1 drop and the confidence the reference's class loses:
+            # calibration samples are often ones the model is sure of, where top-1 alone
+            # lets through changes that cost held-out accuracy.
             evaluations[0] += 1
             outputs = model.run(joint.edit(model.weights, levels), data.samples)
-            return accuracy_report(reference, outputs, data)["drop"]
+            return max(accuracy_report(reference, outputs, data)["drop"], confidence_drop(reference, outputs))
 
         levels = {}
         if joint.knobs and search_budget > 0:
