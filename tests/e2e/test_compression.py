@@ -110,7 +110,7 @@ def test_clustered_mlp_matches_onnx_runtime_on_the_numpy_clustered_weights(tmp_p
         (["--compress", "lowrank:1.5"], "rank ratio must be in (0, 1)"),
         (["--compress", "lowrank", "--max-accuracy-drop", "1"], "needs --calibration-data"),
         (["--compress", "cluster"], "clustering needs bits"),
-        (["--compress", "zip:3"], "unknown compression 'zip'"),
+        (["--compress", "zip:3"], "unknown compression scheme 'zip'"),
         (["--compress", "lowrank:0.5", "--compress", "lowrank:0.3"], "given twice"),
     ],
 )

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import TvmDeployError
+from ..scheme_spec import split_spec
 
 CONFIG_VERSION = 1
 DEFAULT_ENERGY = 0.9
@@ -99,18 +100,14 @@ def scheme_name(config: CompressionConfig) -> str:
 
 def parse_compress_spec(spec: str, max_accuracy_drop: float | None = None) -> CompressionConfig:
     """'lowrank:0.25', 'lowrank:rank=16', 'lowrank:energy=0.9', 'cluster:4', 'cluster:4,per_channel=1'."""
-    scheme, _, rest = spec.partition(":")
-    cls = SCHEMES.get(scheme.strip())
-    if cls is None:
-        raise CompressionError(f"unknown compression {scheme!r}; choose {' or '.join(SCHEMES)} (e.g. lowrank:0.25, cluster:4)")
+    def first_option(cls, item):
+        return ("per_channel", "1") if item in _FLAGS else (_FIRST_OPTION[cls], item)
+
+    cls, scheme, options = split_spec(
+        spec, SCHEMES, CompressionError, "compression", "lowrank:0.25, cluster:4", first_option
+    )
     kwargs: dict = {"max_accuracy_drop": max_accuracy_drop}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            key, value = (_FIRST_OPTION[cls], item) if key not in _FLAGS else (key, "1")
-        key = key.strip()
-        if key not in cls.__dataclass_fields__ or key == "max_accuracy_drop":
-            raise CompressionError(f"{scheme} compression has no option {key!r}")
+    for key, value in options.items():
         try:
             number = float(value)
         except ValueError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import TvmDeployError
+from ..scheme_spec import split_spec
 
 CONFIG_VERSION = 1
 RATIO_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -81,18 +82,11 @@ def scheme_name(config: PruningConfig) -> str:
 
 def parse_prune_spec(spec: str, max_accuracy_drop: float | None = None) -> PruningConfig:
     """'structured:0.3', 'magnitude:0.5', 'magnitude:alpha=1.0,scope=layer', 'structured'."""
-    scheme, _, rest = spec.partition(":")
-    cls = SCHEMES.get(scheme.strip())
-    if cls is None:
-        raise PruningError(f"unknown pruning scheme {scheme!r}; choose {' or '.join(SCHEMES)} (e.g. structured:0.3)")
+    cls, scheme, options = split_spec(
+        spec, SCHEMES, PruningError, "pruning", "structured:0.3", lambda cls, item: ("ratio", item)
+    )
     kwargs: dict = {"max_accuracy_drop": max_accuracy_drop}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            key, value = "ratio", item
-        key = key.strip()
-        if key not in cls.__dataclass_fields__ or key == "max_accuracy_drop":
-            raise PruningError(f"{scheme} pruning has no option {key!r}")
+    for key, value in options.items():
         try:
             kwargs[key] = value if key in ("norm", "scope") else float(value)
         except ValueError:
