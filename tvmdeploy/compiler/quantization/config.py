@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ...errors import TvmDeployError
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: Int8Static.activations and smooth_alpha (per-token scales, SmoothQuant)
 
 
 class QuantizationError(TvmDeployError):
