@@ -162,7 +162,8 @@ def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, pr
         raise QuantizationError(
             f"quantization costs {accuracy['drop']:.2f} points of {accuracy['metric']} on {data.source}, more than "
             f"--max-accuracy-drop {config.max_accuracy_drop:g}"
-            + ("; try --observer percentile" if getattr(config, "observer", None) == "minmax" else "")
+            + ("; try --activations auto" if getattr(config, "activations", None) == "static"
+               else "; try --observer percentile" if getattr(config, "observer", None) == "minmax" else "")
         )
     after = model_stats(done.mod)
     quantized = done.finish(done.mod, done.passes) if done.finish is not None else done.mod
@@ -288,6 +289,9 @@ def calibrate(mod, graph, samples, config: Int8Static, weight_max: int = 127) ->
         out.sqnr_db[layer.name] = out.baseline_sqnr_db[layer.name] = db
     for group in readers.values():
         _calibrate_matmuls(group, config, weight_max, out)
+    order = [layer.name for layer in graph.layers]  # the report lists layers in graph order
+    for name in ("scales", "sqnr_db", "baseline_sqnr_db"):
+        setattr(out, name, {k: getattr(out, name)[k] for k in order})
     return out
 
 
