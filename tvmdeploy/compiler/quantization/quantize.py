@@ -120,8 +120,8 @@ def _int8_static(mod, config: Int8Static, ctx: _Context) -> _Quantized:
     layers = {k: v for k, v in plan.scales.items() if k not in kept_float}
     per_token = [k for k in plan.per_token if k in layers]
     static_scales = {k: v for k, v in plan.scales.items() if k not in plan.per_token}
-    extra = dict(per_token=per_token, smoothed=sorted(k for k in plan.smoothing if k in layers),
-                 baseline_sqnr=plan.baseline_sqnr_db)
+    extra = {"per_token": per_token, "smoothed": sorted(k for k in plan.smoothing if k in layers),
+             "baseline_sqnr": plan.baseline_sqnr_db}
     if not layers:  # all float: the graph as it came, no pass ran
         return _Quantized(reference, PassLog(), graph, reference, static_scales, plan.sqnr_db, kept_float,
                           kernels_report(packed, reference), **{**extra, "smoothed": []})
