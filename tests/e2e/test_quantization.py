@@ -93,8 +93,26 @@ def test_spec_parsing_and_clear_errors(tmp_path):
         parse_quantize_spec("int8-weight", observer="minmax")
     with pytest.raises(QuantizationError, match=r"percentile must be in \(50, 100\]"):
         Int8Static(observer="percentile", percentile=5)
+    # Activation scales and SmoothQuant: per-token + smoothing by default, "none" turns smoothing off.
+    assert Int8Static().activations == "auto" and Int8Static().smooth_alpha == 0.5
+    assert parse_quantize_spec("int8", activations="static", smooth_alpha="none") == Int8Static(
+        activations="static", smooth_alpha=None
+    )
+    assert parse_quantize_spec("int8", smooth_alpha="0.8").smooth_alpha == 0.8
+    for bad, message in [
+        (dict(smooth_alpha=1.5), r"smooth_alpha must be in \[0, 1\]"),
+        (dict(smooth_alpha=-0.1), r"smooth_alpha must be in \[0, 1\]"),
+        (dict(activations="per-channel"), "activations must be one of auto, static, dynamic"),
+    ]:
+        with pytest.raises(QuantizationError, match=message):
+            Int8Static(**bad)
+    with pytest.raises(QuantizationError, match="smooth_alpha must be a number in \\[0, 1\\] or none, not 'strong'"):
+        parse_quantize_spec("int8", smooth_alpha="strong")
+    with pytest.raises(QuantizationError, match="takes no --activations, --smooth-alpha"):
+        parse_quantize_spec("int8-weight", activations="static", smooth_alpha="0.5")
     cases = [
         (["--quantize", "int8"], "pass --calibration-data FILE.npz"),
+        (["--quantize", "int8", "--smooth-alpha", "1.5"], "smooth_alpha must be in [0, 1]"),
         (["--quantize", "fp16"], "fp16 is for CUDA presets"),
     ]
     for extra, message in cases:

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ..compiler.quantization.config import OBSERVERS
+from ..compiler.quantization.config import ACTIVATIONS, OBSERVERS, SMOOTH_ALPHA
 from ..compiler.quantization.config import SCHEMES as QUANTIZE_SCHEMES
 from ..compiler.tuning.budget import DEFAULT_TRIALS
 from ..errors import TvmDeployError, os_error_line, summarize_exception
@@ -282,6 +282,17 @@ def _add_shrink_options(p) -> None:
     p.add_argument("--observer", choices=list(OBSERVERS), default=None, help="int8 activation ranges: max |x|, a percentile of |x|, or the threshold that minimizes the KL divergence between float and int8 histograms (default minmax)")
     p.add_argument("--percentile", type=float, default=None, help="for --observer percentile (default 99.99)")
     p.add_argument(
+        "--activations", choices=list(ACTIVATIONS), default=None,
+        help="int8 activation scales: static (one per tensor, calibrated), dynamic (one per row/token, at run "
+        "time, for matmul layers), auto (dynamic for matmul layers fed several rows, e.g. transformer "
+        "tokens; static for conv and single-row layers; the default)",
+    )
+    p.add_argument(
+        "--smooth-alpha", default=None, metavar="A|none",
+        help=f"int8: SmoothQuant migration strength in [0, 1] for matmul layers (kept where it lowers the "
+        f"layer's error; default {SMOOTH_ALPHA}), or none",
+    )
+    p.add_argument(
         "--min-layer-sqnr", type=float, default=None, metavar="DB",
         help="int8: keep layers whose estimated int8 SQNR is below DB in float",
     )
@@ -305,10 +316,12 @@ def _shrink_configs(args):
 
         quantize = parse_quantize_spec(
             args.quantize, observer=args.observer, percentile=args.percentile, min_layer_sqnr_db=args.min_layer_sqnr,
+            activations=args.activations, smooth_alpha=args.smooth_alpha,
             max_accuracy_drop=args.max_accuracy_drop,
         )
-    elif args.observer or args.percentile is not None or args.min_layer_sqnr is not None:
-        raise UsageError("--observer, --percentile and --min-layer-sqnr go with --quantize int8")
+    elif (args.observer or args.percentile is not None or args.min_layer_sqnr is not None or args.activations
+          or args.smooth_alpha is not None):
+        raise UsageError("--observer, --percentile, --min-layer-sqnr, --activations and --smooth-alpha go with --quantize int8")
     compress = []
     for spec in args.compress or ():
         from ..compiler.compression import parse_compress_spec

@@ -121,8 +121,14 @@ class QuantizationReport(StageReport):
     scheme: str = ""  # "int8-weight" | "int8" | "qdq-int8" | "fp16"
     config: dict = field(default_factory=dict)
     layers: list = field(default_factory=list)
-    activation_scales: dict | None = None
+    activation_scales: dict | None = None  # per-tensor (static) input scales
+    per_token_layers: list | None = None  # int8 layers whose input scale is per row (token), at run time
+    smoothed_layers: list | None = None  # int8 layers with SmoothQuant factors folded into their weights
+    # Per layer int8 SQNR (dB): matmul, of its output on calibration rows; conv2d, estimated
+    # from input and weight rounding. `_static_db`: the same with per-tensor activation
+    # scales and no smoothing (the scheme before per-token and smoothing), for comparison.
     layer_sqnr_db: dict | None = None
+    layer_sqnr_static_db: dict | None = None
     kept_float: list = field(default_factory=list)
     kernels: dict | None = None  # packed int8 kernels: intrinsic, packed layers
     before: dict = field(default_factory=dict)

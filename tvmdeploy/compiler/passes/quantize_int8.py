@@ -9,7 +9,14 @@ a float constant once it sits inside that kernel).
 QuantizeLayersInt8 (static): conv2d(x, W) -> dequant(conv2d(quant(x), Wq, out_dtype=int32)),
 with x's scale calibrated per tensor. The int32 accumulator is rescaled by s_x * s_w per
 channel; FuseOps puts that rescale, the float bias, the activation and the next layer's
-quantize into the conv's epilogue, so tensors between layers travel as int8.
+quantize into the conv's epilogue, so tensors between layers travel as int8. Matmul layers
+named `per_token` get one scale per row (token) instead, computed at run time
+(max|x_row| / 127), and their accumulator is rescaled by row scale x per-channel s_w.
+
+SmoothLayerInputs (SmoothQuant): matmul(x, W) -> matmul(x * (1/s), diag(s) W), one factor
+per input channel, so activation outlier channels are divided down before the int8
+quantize (the multiply fuses into it) and the weights, which quantize per output channel,
+carry them instead.
 """
 
 from __future__ import annotations
@@ -105,6 +112,42 @@ def FuseDecodeIntoConsumer():  # noqa: N802 - a pass constructor, named like TVM
     return relax.transform.FuseOpsByPattern(patterns, bind_constants=False, annotate_codegen=False)
 
 
+@function_pass(opt_level=0)
+class SmoothLayerInputs:
+    """factors: {layer name: s, one float per input channel}; those matmul layers compute
+    matmul(x * (1/s), diag(s) W), the same product in exact arithmetic."""
+
+    def __init__(self, factors: Mapping[str, np.ndarray]):
+        self.factors = {name: np.asarray(s, dtype=np.float64).reshape(-1) for name, s in factors.items()}
+
+    @carries_errors
+    def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
+        if is_primitive(func):
+            return func
+
+        def smooth(layer, call):
+            s = self.factors.get(layer.name)
+            weight = call.args[1].value.numpy()
+            if s is None or layer.op != "matmul" or weight.dtype != np.float32 or s.shape != (weight.shape[0],):
+                return None
+            x = relax.op.multiply(call.args[0], relax.const((1.0 / s).astype(np.float32)))
+            w = relax.const((weight.astype(np.float64) * s[:, None]).astype(np.float32))
+            return relax.Call(call.op, [x, w, *call.args[2:]], call.attrs)
+
+        return rewrite_layer_calls(func, smooth)[0]
+
+
+def smoothing_factors(x_peak: np.ndarray, weight: np.ndarray, alpha: float) -> np.ndarray:
+    """SmoothQuant's s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) per input channel j of a
+    [K, N] weight (1 where a channel is all zero on either side)."""
+    w_peak = np.abs(weight).max(axis=1).astype(np.float64)
+    x_peak = np.asarray(x_peak, dtype=np.float64)
+    live = (x_peak > 0) & (w_peak > 0)
+    s = np.ones_like(x_peak)
+    s[live] = x_peak[live] ** alpha / w_peak[live] ** (1.0 - alpha)
+    return np.clip(s, 1e-5, 1e5)
+
+
 PACKED_SUFFIX = "int8_packed"  # the packed kernels' names: <layer>_int8_packed
 
 
@@ -123,8 +166,11 @@ class QuantizeLayersInt8:
     def __init__(
         self, input_scales: Mapping[str, float], per_channel: bool = True, packed: PackedInt8 | None = None,
         weight_max: int | None = None, asymmetric: Mapping[str, tuple[float, int, str]] | None = None,
+        per_token: Iterable[str] = (),
     ):
         self.input_scales = dict(input_scales)
+        # Matmul layers whose input gets one scale per row at run time (no calibrated scale needed).
+        self.per_token = set(per_token)
         # {layer: (scale, zero point, "int8"/"uint8")} of a pre-quantized model's activations:
         # where the kernel can honour a zero point (packed kernels pad with it; matmul has no
         # padding), the layer reads exactly the model's int8 values instead of a symmetric
@@ -149,17 +195,23 @@ class QuantizeLayersInt8:
         return relax.transform.Normalize()(out)
 
     def _int8_call(self, layer, call, kernels):
+        per_token = layer.name in self.per_token and layer.op == "matmul"
         s_x = self.input_scales.get(layer.name)
-        if s_x is None:
+        if s_x is None and not per_token:
             return None
         weight = call.args[1].value.numpy()
         quantized, s_w = quantize_weight(weight, layer.out_axis, self.per_channel, self.weight_max)
         spec = self.packed if self.packed is not None and self._packable(layer, call, self.packed.lanes) else None
         asymmetric = self.asymmetric.get(layer.name)
+        if per_token:
+            row_scale = per_row_scale(call.args[0])
+            acc = self._symmetric_call(layer, call, row_scale, quantized, kernels, spec)
+            rescaled = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(s_w.reshape(-1).astype(np.float32)))
+            return relax.op.multiply(rescaled, row_scale)
         if asymmetric is not None and (spec is not None or layer.op != "conv2d"):
             s_x, acc = self._asymmetric_call(layer, call, quantized, kernels, spec, *asymmetric)
         else:
-            acc = self._symmetric_call(layer, call, s_x, quantized, kernels, spec)
+            acc = self._symmetric_call(layer, call, relax.const(np.float32(s_x)), quantized, kernels, spec)
         rescale = (s_x * s_w).reshape(-1)
         if layer.op == "conv2d" and layer.data_axis == 1:
             rescale = rescale.reshape(1, -1, 1, 1)
@@ -185,8 +237,9 @@ class QuantizeLayersInt8:
             acc = relax.op.add(acc, relax.const(zero_point_correction(quantized, layer.out_axis, zero)))
         return scale, acc
 
-    def _symmetric_call(self, layer, call, s_x, quantized, kernels, spec):
-        scaled = relax.op.round(relax.op.divide(call.args[0], relax.const(np.float32(s_x))))
+    def _symmetric_call(self, layer, call, s_x: relax.Expr, quantized, kernels, spec):
+        """s_x: the activation scale, a float32 constant (per tensor) or a [..., 1] tensor (per row)."""
+        scaled = relax.op.round(relax.op.divide(call.args[0], s_x))
         if spec is not None and spec.activation == "uint8":
             x = relax.op.astype(relax.op.clip(relax.op.add(scaled, relax.const(np.float32(spec.zero_point))), 0, 255), "uint8")
             acc = self._packed_call(layer, call, x, quantized, kernels, spec)
@@ -234,6 +287,15 @@ class QuantizeLayersInt8:
         # te.create_prim_func names every kernel "main"; a kernel left unfused keeps its symbol.
         gv = kernels.add_func(kernel.with_attr("global_symbol", name), name)
         return relax.call_tir(gv, relax.Tuple([x, relax.const(weight)]), relax.TensorType(static_shape(call), "int32"))
+
+
+ROW_SCALE_FLOOR = 1e-12  # an all-zero row quantizes to zeros instead of dividing by 0
+
+
+def per_row_scale(x: relax.Expr) -> relax.Expr:
+    """max|x_row| / 127 over the last axis, kept as [..., 1]: dynamic per-token int8 scales."""
+    peak = relax.op.max(relax.op.abs(x), axis=-1, keepdims=True)
+    return relax.op.divide(relax.op.maximum(peak, relax.const(np.float32(ROW_SCALE_FLOOR))), relax.const(np.float32(127.0)))
 
 
 @function_pass(opt_level=0)

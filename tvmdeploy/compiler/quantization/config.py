@@ -5,16 +5,18 @@
     Fp16()                                        float16 with float32 accumulation, CUDA presets
 
 CLI: `--quantize int8-weight`, `--quantize int8 --calibration-data FILE.npz
-[--observer minmax|percentile|entropy] [--percentile 99.99]`.
+[--observer minmax|percentile|entropy] [--percentile 99.99] [--activations auto|static|dynamic]
+[--smooth-alpha A|none]`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Real
 
 from ...errors import TvmDeployError
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: Int8Static.activations and smooth_alpha (per-token scales, SmoothQuant)
 
 
 class QuantizationError(TvmDeployError):
@@ -22,6 +24,12 @@ class QuantizationError(TvmDeployError):
 
 
 OBSERVERS = ("minmax", "percentile", "entropy")
+# How int8 activations get their scale: "static" one per tensor, calibrated; "dynamic" one
+# per row (token) computed at run time, max|x_row| / 127, for every matmul layer; "auto"
+# dynamic for matmul layers whose input holds more than one row per call (token
+# activations [B, T, K] / [B*T, K]), static for the rest (conv2d, a [1, K] classifier head).
+ACTIVATIONS = ("auto", "static", "dynamic")
+SMOOTH_ALPHA = 0.5  # SmoothQuant's default migration strength
 
 
 @dataclass(frozen=True)
@@ -40,15 +48,29 @@ class Int8Static:
     percentile: float = 99.99
     per_channel: bool = True
     max_accuracy_drop: float | None = None
-    # Layers whose estimated int8 SQNR (input and weight rounding noise) is below this
-    # stay in float; None: every layer goes int8.
+    # Layers whose int8 SQNR on the calibration data (matmul: measured at its output;
+    # conv2d: estimated from input and weight rounding noise) is below this stay in float;
+    # None: every layer goes int8.
     min_layer_sqnr_db: float | None = None
+    # Per-tensor (calibrated) or per-row (at run time) activation scales; see ACTIVATIONS.
+    activations: str = "auto"
+    # SmoothQuant: per input channel s = max|x|^a / max|W|^(1-a) moves activation outliers
+    # into the weights (W' = diag(s) W, x' = x / s in the activation quantize) for the
+    # matmul layers where it lowers the layer's int8 error on the calibration data.
+    # None: no smoothing.
+    smooth_alpha: float | None = SMOOTH_ALPHA
 
     def __post_init__(self):
         if self.observer not in OBSERVERS:
             raise QuantizationError(f"observer must be one of {', '.join(OBSERVERS)}, not {self.observer!r}")
         if not 50.0 < self.percentile <= 100.0:
             raise QuantizationError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.activations not in ACTIVATIONS:
+            raise QuantizationError(f"activations must be one of {', '.join(ACTIVATIONS)}, not {self.activations!r}")
+        if self.smooth_alpha is not None and not (
+            isinstance(self.smooth_alpha, Real) and not isinstance(self.smooth_alpha, bool) and 0.0 <= self.smooth_alpha <= 1.0
+        ):
+            raise QuantizationError(f"smooth_alpha must be in [0, 1] (or None: no smoothing), got {self.smooth_alpha!r}")
 
 
 @dataclass(frozen=True)
@@ -75,4 +97,18 @@ def parse_quantize_spec(spec: str, **options) -> QuantizationConfig:
     unknown = set(given) - set(cls.__dataclass_fields__)
     if unknown:
         raise QuantizationError(f"--quantize {spec} takes no {', '.join('--' + u.replace('_', '-') for u in sorted(unknown))}")
+    if isinstance(given.get("smooth_alpha"), str):
+        given["smooth_alpha"] = parse_smooth_alpha(given["smooth_alpha"])
     return cls(**given)
+
+
+def parse_smooth_alpha(text: str) -> float | None:
+    """--smooth-alpha: a number in [0, 1], or none/off (no smoothing)."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise QuantizationError(f"smooth_alpha must be a number in [0, 1] or none, not {text!r}") from None
+    Int8Static(smooth_alpha=value)  # the range check
+    return value

@@ -25,6 +25,7 @@ from ..passes.quantize_int8 import (
     FuseDecodeIntoConsumer,
     QuantizeLayersInt8,
     QuantizeWeightsInt8,
+    SmoothLayerInputs,
 )
 from ..analysis.channels import analyze_channels
 from ..analysis.layer_calls import tap_layer_inputs
@@ -54,6 +55,9 @@ class _Quantized:
     kept_float: list = field(default_factory=list)
     kernels: dict | None = None
     finish: Callable | None = None  # (module, PassLog) -> module, after accuracy is measured
+    per_token: list | None = None  # int8 layers with per-row (token) activation scales
+    smoothed: list | None = None  # int8 layers with SmoothQuant factors folded in
+    baseline_sqnr: dict | None = None  # layer SQNR with static per-tensor scales, unsmoothed
 
 
 HANDLERS: dict[type, Callable] = {}
@@ -109,16 +113,31 @@ def _int8_static(mod, config: Int8Static, ctx: _Context) -> _Quantized:
         mod = to_nhwc(mod, ran)
     graph = analyze_channels(mod)
     ctx.say(f"quantization: calibrating {len(graph.layers)} layers on {ctx.data.source} ({config.observer})")
-    scales, layer_sqnr = calibrate(mod, graph, ctx.data.samples, config, packed.weight_max if packed else 127)
+    plan = calibrate(mod, graph, ctx.data.samples, config, packed.weight_max if packed else 127)
     kept_float = sorted(
-        name for name, db in layer_sqnr.items() if config.min_layer_sqnr_db is not None and db < config.min_layer_sqnr_db
+        name for name, db in plan.sqnr_db.items()
+        if config.min_layer_sqnr_db is not None and db is not None and db < config.min_layer_sqnr_db
     )
-    if len(kept_float) == len(graph.layers):  # all float: the graph as it came, no pass ran
-        return _Quantized(reference, PassLog(), graph, reference, scales, layer_sqnr, kept_float, kernels_report(packed, reference))
-    layers = {k: v for k, v in scales.items() if k not in kept_float}
-    quantized = ran.run(QuantizeLayersInt8(layers, per_channel=config.per_channel, packed=packed), mod)
+    layers = {k: v for k, v in plan.scales.items() if k not in kept_float}
+    per_token = [k for k in plan.per_token if k in layers]
+    static_scales = {k: v for k, v in plan.scales.items() if k not in plan.per_token}
+    extra = {"per_token": per_token, "smoothed": sorted(k for k in plan.smoothing if k in layers),
+             "baseline_sqnr": plan.baseline_sqnr_db}
+    if not layers:  # all float: the graph as it came, no pass ran
+        return _Quantized(reference, PassLog(), graph, reference, static_scales, plan.sqnr_db, kept_float,
+                          kernels_report(packed, reference), **{**extra, "smoothed": []})
+    smoothing = {k: v for k, v in plan.smoothing.items() if k in layers}
+    if smoothing:
+        mod = ran.run(SmoothLayerInputs(smoothing), mod)
+    quantized = ran.run(QuantizeLayersInt8(layers, per_channel=config.per_channel, packed=packed, per_token=per_token), mod)
     quantized = ran.run(FoldBiasIntoInt32(), quantized)
-    return _Quantized(quantized, ran, graph, reference, scales, layer_sqnr, kept_float, kernels_report(packed, quantized))
+    if smoothing or per_token:
+        # Layers reading one tensor (Q/K/V) with the same smoothing share one quantize (and
+        # one row-scale reduction): the rewrite wrote one per layer.
+        quantized = ran.run(relax.transform.EliminateCommonSubexpr(), quantized)
+        quantized = ran.run(relax.transform.CanonicalizeBindings(), quantized)
+    return _Quantized(quantized, ran, graph, reference, static_scales, plan.sqnr_db, kept_float,
+                      kernels_report(packed, quantized), **extra)
 
 
 def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, progress=None, device: str = "cpu",
@@ -144,7 +163,8 @@ def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, pr
         raise QuantizationError(
             f"quantization costs {accuracy['drop']:.2f} points of {accuracy['metric']} on {data.source}, more than "
             f"--max-accuracy-drop {config.max_accuracy_drop:g}"
-            + ("; try --observer percentile" if getattr(config, "observer", None) == "minmax" else "")
+            + ("; try --activations auto" if getattr(config, "activations", None) == "static"
+               else "; try --observer percentile" if getattr(config, "observer", None) == "minmax" else "")
         )
     after = model_stats(done.mod)
     quantized = done.finish(done.mod, done.passes) if done.finish is not None else done.mod
@@ -155,7 +175,10 @@ def quantize_graph(mod, config: QuantizationConfig, inputs, calibration=None, pr
         config={**asdict(config), "type": type(config).__name__, "version": CONFIG_VERSION},
         layers=[layer.name for layer in graph.layers],
         activation_scales=None if done.scales is None else {k: float(v) for k, v in done.scales.items()},
+        per_token_layers=done.per_token,
+        smoothed_layers=done.smoothed,
         layer_sqnr_db=done.layer_sqnr,
+        layer_sqnr_static_db=done.baseline_sqnr,
         kept_float=done.kept_float,
         kernels=done.kernels,
         before=before.to_json(),
@@ -223,34 +246,141 @@ def to_nhwc(mod, ran: PassLog):
     return ran.run(relax.transform.FoldConstant(), nhwc)
 
 
-def calibrate(mod, graph, samples, config: Int8Static, weight_max: int = 127) -> tuple[dict[str, float], dict[str, float]]:
-    """Per-tensor scale of every layer's input: max|x| (minmax) or a percentile of |x|;
-    and each layer's estimated SQNR in int8: input and weight rounding (and clipping)
-    noise, taken as independent, 1/SQNR = 1/SQNR_input + 1/SQNR_weight."""
-    from ..passes.quantize_int8 import quantize_weight
+@dataclass
+class Calibrated:
+    """What calibration decided per layer."""
 
+    scales: dict  # {layer: per-tensor scale of its input (smoothed, where it is)}; per-token layers too
+    per_token: list  # layers whose input gets one scale per row at run time
+    smoothing: dict  # {layer: one factor per input channel} (SmoothQuant)
+    sqnr_db: dict  # {layer: estimated int8 SQNR with what was chosen}
+    baseline_sqnr_db: dict  # {layer: the same estimate, static per-tensor scale and no smoothing}
+
+
+MEASURED_ROWS = 1024  # calibration rows a matmul layer's int8 output is measured on
+
+
+def calibrate(mod, graph, samples, config: Int8Static, weight_max: int = 127) -> Calibrated:
+    """Per layer: how its input is quantized and how well that does.
+
+    Static scales are one per tensor: max|x| (minmax), a percentile of |x| or the entropy
+    threshold. Matmul layers take per-row (token) scales at run time where
+    config.activations asks for them, and SmoothQuant factors where config.smooth_alpha is
+    set and smoothing raises their SQNR; matmul layers that read the same tensor (a
+    transformer's Q/K/V projections) share one set of factors, so they share one quantize.
+    Each layer's SQNR: matmul layers, of the layer's output x @ W against int8 x by int8 W
+    on (up to MEASURED_ROWS) calibration rows; conv2d layers, estimated from input and
+    weight rounding (and clipping) noise, taken as independent, 1/SQNR = 1/SQNR_input +
+    1/SQNR_weight."""
     tapped = tap_layer_inputs(mod, graph)
     runs = HostModel(tapped, "calibrate activations").run(samples)
-    scales, layer_sqnr = {}, {}
     num_outputs = len(runs[0]) - len(graph.layers)
+    out = Calibrated({}, [], {}, {}, {})
+    readers: dict = {}  # the tensor a matmul reads -> its layers (SmoothQuant groups)
     for i, layer in enumerate(graph.layers):
+        call = graph.bindings[layer.slot[0]].value
+        weight = call.args[1].value.numpy()
         x = np.concatenate([r[num_outputs + i].reshape(-1) for r in runs])
-        values = np.abs(x)
-        if config.observer == "minmax":
-            peak = values.max()
-        elif config.observer == "percentile":
-            peak = np.percentile(values, config.percentile)
-        else:
-            peak = entropy_threshold(values)
-        scale = float(peak / 127.0) if peak > 0 else 1.0
-        scales[layer.name] = scale
-        weight = graph.bindings[layer.slot[0]].value.args[1].value.numpy()
-        q, s_w = quantize_weight(weight, layer.out_axis, config.per_channel, weight_max)
-        x_db = sqnr_db(x, np.clip(np.round(x / scale), -128, 127) * scale)
-        w_db = sqnr_db(weight, q * s_w)
-        combined = 1.0 / (10 ** (-x_db / 10) + 10 ** (-w_db / 10)) if np.isfinite(x_db) or np.isfinite(w_db) else np.inf
-        layer_sqnr[layer.name] = round(float(10 * np.log10(combined)), 2) if np.isfinite(combined) else None
-    return scales, layer_sqnr
+        if layer.op == "matmul":
+            readers.setdefault(call.args[0], []).append((layer, x.reshape(-1, weight.shape[0]), weight, call))
+            continue
+        scale = _observe(np.abs(x), config)
+        out.scales[layer.name] = scale
+        db = _estimated_sqnr_db(x, scale, weight, layer.out_axis, config.per_channel, weight_max)
+        out.sqnr_db[layer.name] = out.baseline_sqnr_db[layer.name] = db
+    for group in readers.values():
+        _calibrate_matmuls(group, config, weight_max, out)
+    order = [layer.name for layer in graph.layers]  # the report lists layers in graph order
+    for name in ("scales", "sqnr_db", "baseline_sqnr_db"):
+        setattr(out, name, {k: getattr(out, name)[k] for k in order})
+    return out
+
+
+def _calibrate_matmuls(group, config: Int8Static, weight_max: int, out: Calibrated) -> None:
+    """Matmul layers reading one tensor: per-tensor or per-row scales, with or without
+    shared SmoothQuant factors (kept where the layers' mean SQNR rises)."""
+    rows, call = group[0][1], group[0][3]
+    per_token = config.activations == "dynamic" or (config.activations == "auto" and _rows_per_call(call) > 1)
+    measured = _evenly(rows, MEASURED_ROWS)
+    exact = [measured.astype(np.float64) @ weight.astype(np.float64) for _, _, weight, _ in group]
+    static = _observe(np.abs(rows).reshape(-1), config)
+
+    def sqnr(x, weights, scale):
+        return [_matmul_sqnr_db(x, w, scale, config.per_channel, weight_max, y) for w, y in zip(weights, exact)]
+
+    weights = [weight for _, _, weight, _ in group]
+    baseline = sqnr(measured, weights, static)
+    scale = None if per_token else static
+    chosen = sqnr(measured, weights, None) if per_token else baseline
+    factors = None
+    if config.smooth_alpha is not None:
+        from ..passes.quantize_int8 import smoothing_factors
+
+        s = smoothing_factors(np.abs(rows).max(axis=0), np.concatenate(weights, axis=1), config.smooth_alpha)
+        smoothed_scale = None if per_token else _observe(np.abs(rows / s).reshape(-1), config)
+        smoothed = sqnr(measured / s, [(w.astype(np.float64) * s[:, None]).astype(np.float32) for w in weights],
+                        smoothed_scale)
+        if np.mean(smoothed) > np.mean(chosen):
+            scale, chosen, factors = smoothed_scale, smoothed, s
+    for (layer, *_), db, base in zip(group, chosen, baseline):
+        out.scales[layer.name] = scale if scale is not None else static
+        if per_token:
+            out.per_token.append(layer.name)
+        if factors is not None:
+            out.smoothing[layer.name] = factors
+        out.sqnr_db[layer.name], out.baseline_sqnr_db[layer.name] = _rounded_db(db), _rounded_db(base)
+
+
+def _observe(values: np.ndarray, config: Int8Static) -> float:
+    """The per-tensor scale of |x| values: max, a percentile, or the entropy threshold, / 127."""
+    if config.observer == "minmax":
+        peak = values.max()
+    elif config.observer == "percentile":
+        peak = np.percentile(values, config.percentile)
+    else:
+        peak = entropy_threshold(values)
+    return float(peak / 127.0) if peak > 0 else 1.0
+
+
+def _rows_per_call(call) -> int:
+    """Rows of a matmul's input per call ([B, T, K] -> B*T); 1 where its shape is not static."""
+    from ..analysis.channels import static_shape
+
+    shape = static_shape(call.args[0])
+    return int(np.prod(shape[:-1])) if shape else 1
+
+
+def _evenly(rows: np.ndarray, count: int) -> np.ndarray:
+    return rows if len(rows) <= count else rows[np.linspace(0, len(rows) - 1, count).astype(int)]
+
+
+def _fake_int8(x: np.ndarray, scale) -> np.ndarray:
+    """x rounded as int8 does: one scale per tensor, or (scale None) one per row."""
+    if scale is None:
+        scale = np.maximum(np.abs(x).max(axis=-1, keepdims=True), 1e-12) / 127.0
+    return np.clip(np.round(x / scale), -128, 127) * scale
+
+
+def _matmul_sqnr_db(rows, weight, scale, per_channel, weight_max, exact) -> float:
+    """SQNR of int8(rows) @ int8(weight) against the float product `exact`."""
+    from ..passes.quantize_int8 import quantize_weight
+
+    q, s_w = quantize_weight(weight, 1, per_channel, weight_max)
+    return sqnr_db(exact, _fake_int8(rows.astype(np.float64), scale) @ (q.astype(np.float64) * s_w))
+
+
+def _estimated_sqnr_db(x, scale, weight, out_axis, per_channel, weight_max) -> float | None:
+    from ..passes.quantize_int8 import quantize_weight
+
+    q, s_w = quantize_weight(weight, out_axis, per_channel, weight_max)
+    x_db = sqnr_db(x, _fake_int8(x, scale))
+    w_db = sqnr_db(weight, q * s_w)
+    combined = 1.0 / (10 ** (-x_db / 10) + 10 ** (-w_db / 10)) if np.isfinite(x_db) or np.isfinite(w_db) else np.inf
+    return _rounded_db(10 * np.log10(combined)) if np.isfinite(combined) else None
+
+
+def _rounded_db(db: float) -> float | None:
+    return round(float(db), 2) if np.isfinite(db) else None
 
 
 def entropy_threshold(values: np.ndarray, bins: int = 2048, levels: int = 128) -> float:
