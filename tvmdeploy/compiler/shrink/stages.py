@@ -75,16 +75,27 @@ def shrink_graph(
     else:
         shrunk = _in_turn(mod, inputs, prune, compress, quantize, calibration, device, progress, target, steps)
     shrunk.table = table
-    apart = (shrunk.pruning is not None and shrunk.pruning.stores_weights_apart) or any(
-        c.__class__.__name__ == "Clustering" for c in compress
-    )
+    apart = _weights_apart(shrunk, compress)
     table.finish(apart)
     say(table.text())
     if apart:
+        from .._tvm import relax
         from ..pruning.lift import lift_weights
 
-        shrunk.mod, shrunk.weights = lift_weights(shrunk.mod)
+        # Fold what is computed from weights (int8 zero-point corrections, packed
+        # layouts) while they are still constants: as parameters it would run per call.
+        shrunk.mod, shrunk.weights = lift_weights(relax.transform.FoldConstant()(shrunk.mod))
     return shrunk
+
+
+def _weights_apart(shrunk: ShrunkGraph, compress) -> bool:
+    """Weights travel beside the library when they compress there: magnitude-pruned
+    zeros, or clustered values (when the search clustered at least one layer)."""
+    if shrunk.pruning is not None and shrunk.pruning.stores_weights_apart:
+        return True
+    if shrunk.compression is None or not any(c.__class__.__name__ == "Clustering" for c in compress):
+        return False
+    return any(row.get("bits") for row in shrunk.compression.layers.get("cluster", []))
 
 
 def _ordered(compress) -> list:
