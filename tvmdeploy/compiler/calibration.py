@@ -119,18 +119,19 @@ def confidence_drop(reference, outputs) -> float:
     class loses, on average: a search's early warning. On data the model is sure of
     (its own training samples) top-1 moves only once the damage is large; the
     reference class's probability moves from the first step, and held-out top-1 with it."""
-    def softmax(runs):
-        logits = np.concatenate([r[0].reshape(-1, r[0].shape[-1]) for r in runs]).astype(np.float64)
-        logits -= logits.max(axis=-1, keepdims=True)
-        e = np.exp(logits)
-        return e / e.sum(axis=-1, keepdims=True)
-
-    p_ref, p_out = softmax(reference), softmax(outputs)
-    if p_ref.shape[-1] < 2:
+    ref = np.concatenate([r[0].reshape(-1, r[0].shape[-1]) for r in reference]).astype(np.float64)
+    out = np.concatenate([o[0].reshape(-1, o[0].shape[-1]) for o in outputs]).astype(np.float64)
+    if ref.shape[-1] < 2 or not np.isfinite(ref).all() or not np.isfinite(out).all():
         return 0.0
-    cls = np.argmax(p_ref, axis=-1)
+    cls = np.argmax(ref, axis=-1)
     rows = np.arange(len(cls))
-    return 100.0 * float(np.mean(np.maximum(p_ref[rows, cls] - p_out[rows, cls], 0.0)))
+
+    def prob(logits):
+        z = logits - logits.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return e[rows, cls] / e.sum(axis=-1)
+
+    return 100.0 * float(np.mean(np.maximum(prob(ref) - prob(out), 0.0)))
 
 
 def accuracy_report(reference, outputs, calibration: Calibration) -> dict:

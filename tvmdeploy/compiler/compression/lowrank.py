@@ -107,10 +107,12 @@ def energy_rank(matrix: np.ndarray, energy: float, covariance: np.ndarray | None
     return int(np.searchsorted(np.cumsum(s ** 2) / total, energy - 1e-12) + 1)
 
 
-def rank_grid(rows: int, cols: int) -> list[int]:
-    """The scan's ranks for one layer, highest first: fractions of the full rank that pay."""
+def rank_grid(rows: int, cols: int, multiple: int = 1) -> list[int]:
+    """The scan's ranks for one layer, highest first: fractions of the full rank that pay
+    (rounded up to a multiple of `multiple`: the first factor's output channels, which
+    packed int8 kernels take in blocks)."""
     full, limit = min(rows, cols), break_even_rank(rows, cols)
-    ranks = sorted({max(1, int(np.ceil(f * full))) for f in RANK_GRID}, reverse=True)
+    ranks = sorted({-(-max(1, int(np.ceil(f * full))) // multiple) * multiple for f in RANK_GRID}, reverse=True)
     return [r for r in ranks if r <= limit]
 
 

@@ -50,7 +50,7 @@ class _LayerPlan:
 class LowRankPlan(_LayerPlan):
     method = "lowrank"
 
-    def __init__(self, model, config: LowRank, search: bool = False, covariances: dict | None = None):
+    def __init__(self, model, config: LowRank, search: bool = False, covariances: dict | None = None, multiple: int = 1):
         super().__init__(model, config, search)
         self.skipped: list[dict] = []
         self.grids: dict[str, list[int]] = {}
@@ -59,7 +59,7 @@ class LowRankPlan(_LayerPlan):
         for name in self.layers:
             matrix = as_matrix(self.weight(name), self.layers[name].out_axis)
             rows, cols = matrix.shape
-            grid = rank_grid(rows, cols) if search else [fixed_rank(config, matrix, self.covariances.get(name))]
+            grid = rank_grid(rows, cols, multiple) if search else [fixed_rank(config, matrix, self.covariances.get(name))]
             grid = [r for r in grid if r <= break_even_rank(rows, cols)]
             if grid:
                 self.grids[name] = grid
@@ -109,7 +109,7 @@ class LowRankPlan(_LayerPlan):
 class ClusterPlan(_LayerPlan):
     method = "cluster"
 
-    def __init__(self, model, config: Clustering, search: bool = False, covariances: dict | None = None):
+    def __init__(self, model, config: Clustering, search: bool = False, covariances: dict | None = None, multiple: int = 1):
         super().__init__(model, config, search)
         self.knobs = list(self.layers)
         self.unit = "bytes"

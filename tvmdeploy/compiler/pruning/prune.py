@@ -67,8 +67,11 @@ def register_pruning_planner(config_type: type):
     return register
 
 
-def prune_graph(mod, config: PruningConfig, inputs, calibration: Calibration | None = None, progress=None):
-    """Prune the optimized module. Returns (pruned module, report for the manifest)."""
+def prune_graph(mod, config: PruningConfig, inputs, calibration: Calibration | None = None, progress=None,
+                channel_multiple: int = 1):
+    """Prune the optimized module. Returns (pruned module, report for the manifest).
+    channel_multiple: structured pruning keeps channel counts at multiples of it (the
+    block of the kernels that follow)."""
     started = time.monotonic()
     if config.max_accuracy_drop is not None and calibration is None:
         raise PruningError("--max-accuracy-drop needs --calibration-data FILE.npz to measure accuracy on")
@@ -80,6 +83,7 @@ def prune_graph(mod, config: PruningConfig, inputs, calibration: Calibration | N
     if planner is None:
         raise PruningError(f"no pruner for {type(config).__name__}")
     plan = planner(model, config)
+    plan.channel_multiple = channel_multiple
 
     sensitivity = []
     searching = config.ratio is None and getattr(config, "alpha", None) is None
@@ -130,6 +134,7 @@ def _search(plan, scorer: _Scorer, budget: float, table: list) -> dict:
 @register_pruning_planner(StructuredPruning)
 class _StructuredPlan:
     stores_weights_apart = False  # fewer channels: smaller constants, embedded as before
+    channel_multiple = 1  # kept channels a multiple of this (set for packed int8 kernels)
 
     def __init__(self, model: WeightEditableModel, config: StructuredPruning):
         self.model, self.config = model, config
@@ -148,6 +153,17 @@ class _StructuredPlan:
     def fixed_ratios(self) -> dict:
         return {k: self.config.ratio for k in self.knobs}
 
+    def removed(self, channels: int, ratio: float) -> int:
+        """Channels a ratio removes; the kept count rounded up to a multiple of
+        `channel_multiple` where the layer had one (packed int8 kernels take output
+        channels in blocks of 16 on x86, 4 on ARM; a pruned layer off the block runs a
+        generic kernel, slower than the unpruned one)."""
+        remove = min(int(np.floor(ratio * channels + 1e-9)), channels - 1)
+        m = self.channel_multiple
+        if m > 1 and channels % m == 0:
+            remove = channels - min(channels, -(-(channels - remove) // m) * m)
+        return remove
+
     def grid(self, knob) -> tuple:
         return RATIO_GRID
 
@@ -156,7 +172,7 @@ class _StructuredPlan:
         out = {}
         for name, ratio in ratios.items():
             group = self.groups[name]
-            remove = min(int(np.floor(ratio * group.channels + 1e-9)), group.channels - 1)
+            remove = self.removed(group.channels, ratio)
             if remove > 0:
                 out[group.id] = np.sort(self.order[name][remove:])
         return out
@@ -213,7 +229,7 @@ class _StructuredPlan:
             else:
                 group = self.groups[knob]
                 c = group.channels
-                remove = min(int(np.floor(ratio * c + 1e-9)), c - 1)
+                remove = self.removed(c, ratio)
                 # Producers and consumers both shrink linearly in this group's channels.
                 per_channel = sum(_layer_macs(self.graph, p) for p in group.producers) / c
                 per_channel += sum(_consumer_share(self.graph, cons, group.id) for cons in group.consumers)
@@ -227,7 +243,7 @@ class _StructuredPlan:
             return 0
         group = self.groups[knob]
         c = group.channels
-        remove = min(int(np.floor(ratio * c + 1e-9)), c - 1)
+        remove = self.removed(c, ratio)
         per_channel = sum(int(np.prod(p.weight_shape)) * 4 / c for p in group.producers)
         for consumer in group.consumers:
             total = sum(n * r for _, n, r in consumer.state.segments)

@@ -66,6 +66,9 @@ class JointSearch:
         self.calibration, self.device, self.progress, self.target = calibration, device, progress, target
         self.budget, self.steps = budget, steps
         self.say = progress.message if progress is not None else (lambda text: None)
+        from .stages import channel_block
+
+        self.block = channel_block(quantize, target)
 
     def run(self):
         from ..compression.config import CompressionError
@@ -77,7 +80,9 @@ class JointSearch:
         if fixed_prune:
             from ..pruning.prune import prune_graph
 
-            shrunk.mod, shrunk.pruning = prune_graph(shrunk.mod, _unbudgeted(self.prune), self.inputs, self.calibration)
+            shrunk.mod, shrunk.pruning = prune_graph(
+                shrunk.mod, _unbudgeted(self.prune), self.inputs, self.calibration, channel_multiple=self.block
+            )
             self.steps.add("prune", shrunk.mod, shrunk.pruning.accuracy)
         fixed = [c for c in self.compress if not c.searched]
         searched = [c for c in self.compress if c.searched]
@@ -141,13 +146,16 @@ class JointSearch:
         plans = {}
         if prune is not None:
             plans["prune"] = PLANNERS[type(prune)](self.model, prune)
+            plans["prune"].channel_multiple = self.block
         for config in sorted(searched, key=lambda c: _EXCLUSIVE.index(_scheme(c)), reverse=True):  # cluster first
             covariances = None
             if _scheme(config) == "lowrank":
                 from .stages import layer_input_covariances
 
                 covariances = layer_input_covariances(base, self.model.graph, self.steps.data.samples)
-            plans[_scheme(config)] = PLANS[type(config)](self.model, config, search=True, covariances=covariances)
+            plans[_scheme(config)] = PLANS[type(config)](
+                self.model, config, search=True, covariances=covariances, multiple=self.block
+            )
         self.joint = JointPlan(plans)
         self.single: dict = {}
 

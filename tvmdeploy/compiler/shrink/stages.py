@@ -88,6 +88,17 @@ def shrink_graph(
     return shrunk
 
 
+def channel_block(quantize, target) -> int:
+    """The output-channel block of the kernels the quantized layers will run (1: none):
+    pruning and low-rank keep channel counts and ranks at its multiples."""
+    if quantize is None or type(quantize).__name__ != "Int8Static":
+        return 1
+    from ..kernels.select import packed_int8_for
+
+    packed = packed_int8_for(target)
+    return packed.lanes if packed is not None else 1
+
+
 def _weights_apart(shrunk: ShrunkGraph, compress) -> bool:
     """Weights travel beside the library when they compress there: magnitude-pruned
     zeros, or clustered values (when the search clustered at least one layer)."""
@@ -162,7 +173,9 @@ def _in_turn(mod, inputs, prune, compress, quantize, calibration, device, progre
         from ..pruning.config import scheme_name
         from ..pruning.prune import prune_graph
 
-        shrunk.mod, shrunk.pruning = prune_graph(shrunk.mod, prune, inputs, calibration, progress)
+        shrunk.mod, shrunk.pruning = prune_graph(
+            shrunk.mod, prune, inputs, calibration, progress, channel_multiple=channel_block(quantize, target)
+        )
         steps.add(f"prune {scheme_name(prune)}", shrunk.mod, shrunk.pruning.accuracy)
     if compress:
         shrunk.mod, shrunk.compression = _compress_fixed(shrunk.mod, compress, inputs, steps)
