@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=200)
     parser.add_argument("--work", default=None)
     args = parser.parse_args()
+    from tvmdeploy.errors import TvmDeployError
     from tvmdeploy.runtime.bench import bench_artifact
 
     work = Path(args.work or tempfile.mkdtemp(prefix="tvmdeploy-compression-"))
@@ -124,7 +125,7 @@ def main() -> None:
         out = work / name.replace(" ", "_").replace("+", "and")
         try:
             result = compile_variant(onnx_path, calibration, options, args.budget, out)
-        except Exception as e:  # a variant over budget gives no artifact: say so in the table
+        except TvmDeployError as e:  # a variant over budget gives no artifact: say so in the table
             rows.append((name, None, str(e).splitlines()[0]))
             continue
         table = result.manifest.extra.get("size_accuracy", {}).get("rows")
@@ -133,7 +134,7 @@ def main() -> None:
     report = bench_artifact(base, compare=tuple(str(r[1]) for r in rows[1:] if r[1] is not None), repeat=args.repeat)
     fp32_acc = held_out_accuracy(base, test)
     print(f"\n{args.model}: CPU {platform.processor() or platform.machine()} ({_cpu_name()}), budget {args.budget} point(s)")
-    print(f"| variant | stored bytes | MACs | held-out top-1 | calibration drop | output SQNR dB | latency vs fp32 |")
+    print("| variant | stored bytes | MACs | held-out top-1 | calibration drop | output SQNR dB | latency vs fp32 |")
     print("|---|---|---|---|---|---|---|")
     for name, out, table in rows:
         if out is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from pass_helpers import relax_main, verify_pass
@@ -46,7 +48,7 @@ def test_kmeans_against_a_plain_numpy_lloyd(bits):
 
 def test_more_bits_less_error():
     errors = [np.linalg.norm(W - cluster_weight(W, bits, 0)) for bits in (2, 3, 4, 6)]
-    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert all(a > b for a, b in itertools.pairwise(errors)), errors
     assert np.unique(cluster_weight(W, 4, 0, per_channel=True)[5]).size <= 16
 
 

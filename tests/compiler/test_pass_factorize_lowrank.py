@@ -8,7 +8,13 @@ import tvm
 from pass_helpers import relax_main, verify_pass
 from tvm import relax
 
-from tvmdeploy.compiler.compression.lowrank import approximate, as_matrix, break_even_rank, factors, rank_grid
+from tvmdeploy.compiler.compression.lowrank import (
+    approximate,
+    as_matrix,
+    break_even_rank,
+    factors,
+    rank_grid,
+)
 from tvmdeploy.compiler.host_eval import HostModel
 from tvmdeploy.compiler.passes.carry import apply_pass
 from tvmdeploy.compiler.passes.factorize_lowrank import FactorizeLowRank

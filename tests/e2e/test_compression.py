@@ -67,7 +67,7 @@ def test_prune_lowrank_cluster_int8_under_one_budget(tmp_path, fp32_test_accurac
         quantize=Int8Static(), max_accuracy_drop=1.0, calibration_data=DIGITS_CALIBRATION,
     )
     rows = _rows(result)
-    assert [r["step"] for r in rows][0] == "original" and rows[-1]["step"] == "int8"
+    assert next(r["step"] for r in rows) == "original" and rows[-1]["step"] == "int8"
     assert rows[-1]["stored_bytes"] <= 0.15 * rows[0]["stored_bytes"]
     assert rows[-1]["drop"] <= 1.0
     budget = result.manifest.extra["compression"]["budget"]

@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tvmdeploy.runtime.weights_file import encoded_nbytes, pack_indices, read_weights, unpack_indices, write_weights
+from tvmdeploy.runtime.weights_file import (
+    encoded_nbytes,
+    pack_indices,
+    read_weights,
+    unpack_indices,
+    write_weights,
+)
 
 rng = np.random.default_rng(0)
 SHARED = rng.standard_normal(16).astype(np.float32)

@@ -10,7 +10,8 @@ the combined plan stays within the budget, and freezes the knob when it does not
 
 from __future__ import annotations
 
-from typing import Callable, Hashable, Protocol, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from typing import Protocol
 
 
 class Plan(Protocol):

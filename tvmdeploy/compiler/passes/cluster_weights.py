@@ -6,7 +6,7 @@ indices plus a codebook (runtime/weights_file.py), a quarter of int8's bytes at 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from tvm import IRModule, relax
 from tvm.ir.transform import PassContext

@@ -9,7 +9,7 @@ that follow the layer are untouched (they now follow the second factor).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from tvm import IRModule, relax
@@ -70,7 +70,7 @@ def _conv_pair(call, layer, weight, p, q) -> relax.Expr:
     pointwise[layer.out_axis] = p.shape[0]
     pointwise[layer.in_axis] = rank
     second_weight = p.reshape(pointwise)  # OIHW: (O, r, 1, 1); OHWI: (O, 1, 1, r)
-    common = dict(data_layout=attrs.data_layout, kernel_layout=attrs.kernel_layout, out_dtype=attrs.out_dtype)
+    common = {"data_layout": attrs.data_layout, "kernel_layout": attrs.kernel_layout, "out_dtype": attrs.out_dtype}
     first = relax.op.nn.conv2d(
         call.args[0], relax.const(first_weight.copy()), strides=attrs.strides, padding=attrs.padding,
         dilation=attrs.dilation, groups=1, **common,

@@ -18,6 +18,14 @@ import dataclasses
 import time
 
 from ..reports import CompressionReport, PassLog, PruningReport
+from .methods import (
+    ShrunkGraph,
+    apply_compression,
+    channel_block,
+    compress_fixed,
+    config_json,
+    layer_input_covariances,
+)
 
 _EXCLUSIVE = ("lowrank", "cluster")
 
@@ -66,13 +74,10 @@ class JointSearch:
         self.calibration, self.device, self.progress, self.target = calibration, device, progress, target
         self.budget, self.steps = budget, steps
         self.say = progress.message if progress is not None else (lambda text: None)
-        from .stages import channel_block
-
         self.block = channel_block(quantize, target)
 
     def run(self):
         from ..compression.config import CompressionError
-        from .stages import ShrunkGraph
 
         started = time.monotonic()
         shrunk = ShrunkGraph(self.mod)
@@ -86,11 +91,9 @@ class JointSearch:
             self.steps.add("prune", shrunk.mod, shrunk.pruning.accuracy)
         fixed = [c for c in self.compress if not c.searched]
         searched = [c for c in self.compress if c.searched]
-        report = CompressionReport(methods=[_scheme(c) for c in self.compress], config=[_config_json(c) for c in self.compress])
+        report = CompressionReport(methods=[_scheme(c) for c in self.compress], config=[config_json(c) for c in self.compress])
         if fixed:
-            from .stages import _compress_fixed
-
-            shrunk.mod, fixed_report = _compress_fixed(shrunk.mod, fixed, self.inputs, self.steps)
+            shrunk.mod, fixed_report = compress_fixed(shrunk.mod, fixed, self.inputs, self.steps)
             report.layers, report.skipped = dict(fixed_report.layers), list(fixed_report.skipped)
         self.fixed_passes = list(fixed_report.passes) if fixed else []
         base, marker = shrunk.mod, len(self.steps.table.rows)
@@ -150,8 +153,6 @@ class JointSearch:
         for config in sorted(searched, key=lambda c: _EXCLUSIVE.index(_scheme(c)), reverse=True):  # cluster first
             covariances = None
             if _scheme(config) == "lowrank":
-                from .stages import layer_input_covariances
-
                 covariances = layer_input_covariances(base, self.model.graph, self.steps.data.samples)
             plans[_scheme(config)] = PLANS[type(config)](
                 self.model, config, search=True, covariances=covariances, multiple=self.block
@@ -189,16 +190,13 @@ class JointSearch:
         ran = PassLog()
         for method in ("cluster", "lowrank"):
             if method in plans:
-                from .stages import _apply
-
                 covariances = None
                 if method == "lowrank" and pruning is not None and pruning.passes:
                     # Pruned inputs: the covariances of the layers as they are now.
                     from ..analysis.channels import analyze_channels
-                    from .stages import layer_input_covariances
 
                     covariances = layer_input_covariances(mod, analyze_channels(mod), data.samples)
-                mod = _apply(plans[method], mod, chosen[method], ran, covariances)
+                mod = apply_compression(plans[method], mod, chosen[method], ran, covariances)
                 report.layers[method] = plans[method].layer_report(chosen[method])
                 report.skipped.extend({**s, "method": method} for s in plans[method].skipped)
                 self.steps.add(method, mod)
@@ -251,9 +249,3 @@ def _scheme(config) -> str:
     from ..compression.config import scheme_name
 
     return scheme_name(config)
-
-
-def _config_json(config) -> dict:
-    from .stages import _config_json as as_json
-
-    return as_json(config)
