@@ -83,8 +83,8 @@ def test_tune_compile_then_reuse_with_zero_trials(tmp_path):
 
 def test_sigterm_midway_leaves_a_loadable_cache_that_the_next_run_extends(tmp_path):
     cache = tmp_path / "cache"
-    model = MODELS / "conv_bn_relu.onnx"  # 5 kernels
-    budget = ("--trials", "30", "--trials-per-task", "6")  # one batch of 6 per kernel
+    model = MODELS / "conv_bn_relu.onnx"  # 4 tunable kernels
+    budget = ("--trials", "16", "--trials-per-task", "4")  # one batch of 4 per kernel (~10 s a candidate here)
     proc = _cli("tune", model, *budget, "--cache-dir", cache)
     deadline = time.monotonic() + 300
     records = []
@@ -107,10 +107,10 @@ def test_sigterm_midway_leaves_a_loadable_cache_that_the_next_run_extends(tmp_pa
 
     # The same budget again: the killed run's kernels are continued, not skipped.
     result = compile_model(
-        model, "host", output_dir=tmp_path / "art", tune=TuningBudget(trials=30, trials_per_task=6), cache_dir=cache
+        model, "host", output_dir=tmp_path / "art", tune=TuningBudget(trials=16, trials_per_task=4), cache_dir=cache
     )
     tuning = result.manifest.extra["tuning"]
-    assert 0 < tuning["trials"] < 30
+    assert 0 < tuning["trials"] < 16
     after = read_database(folder)
     assert len(after.records) > len(before.records)
     assert covered <= after.workload_hashes_with_records()
