@@ -120,3 +120,12 @@ def test_bad_compression_options_are_one_line_errors(tmp_path, capsys, options, 
     _, err = capsys.readouterr()
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "a").exists()
+
+
+def test_a_pruned_qdq_model_still_runs_its_quantized_layers_in_int8(tmp_path):
+    """--prune / --compress on a QDQ model: its Q/DQ layers still go to int8 compute."""
+    from tvmdeploy.compiler.pruning import MagnitudePruning
+
+    result = compile_model(MODELS / "digits_qdq.onnx", output_dir=tmp_path / "a", prune=MagnitudePruning(ratio=0.3))
+    assert result.manifest.extra["quantization"]["scheme"] == "qdq-int8"
+    assert "QuantizeLayersInt8" in result.manifest.passes and result.manifest.weights == WEIGHTS_FILE

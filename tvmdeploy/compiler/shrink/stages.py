@@ -63,6 +63,9 @@ def shrink_graph(
     else:
         shrunk = _in_turn(mod, inputs, prune, compress, quantize, calibration, device, progress, target, steps)
     shrunk.table = table
+    if quantize is None:  # a QDQ model pruned or compressed: its Q/DQ layers still go int8
+        qdq = _qdq_only(shrunk.mod, inputs, progress, target)
+        shrunk.mod, shrunk.quantization = qdq.mod, qdq.quantization
     apart = _weights_apart(shrunk, compress)
     table.finish(apart)
     say(table.text())
