@@ -185,7 +185,7 @@ def scheduled_module(onnx_path: Path, target_name: str, cache_dir: Path):
 
     preset, target = resolve_preset(load_preset(target_name))
     mod, _ = optimize_graph(import_model(onnx_path).mod)
-    fused, _ = lower(mod)
+    fused, _ = lower(mod, target)
     cache = TargetCache.open(_tvm.target_to_dict(target), _tvm.TVM_VERSION, cache_dir)
     scheduled, _ = schedule_kernels(fused, target, preset, cache)
     return scheduled, target

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import tvm
 import tvm_ffi
 from tvm import relax, te, tirx, topi
-from tvm.s_tir import TensorIntrin
+from tvm.s_tir import Schedule, TensorIntrin
 from tvm.s_tir import meta_schedule as ms
 from tvm.script import tirx as T  # TVMScript for kernels (kernels/*.py)
 from tvm.target import codegen as _llvm_codegen
@@ -441,6 +441,7 @@ __all__ = [
     "TIR_EXP_OP",
     "RelaxConstant",
     "T",
+    "Schedule",
     "TensorIntrin",
     "is_scheduled",
     "mark_scheduled",

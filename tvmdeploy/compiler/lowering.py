@@ -16,12 +16,20 @@ cpu_weight_prepack=True)` does), in two halves:
     the repacking ones; TVM's DeadCodeElimination keeps them, they have global symbols).
 Weights that are parameters of `main` (a magnitude-pruned model keeps them beside the
 library) stay unmarked: repacking them would cost a kernel call on every inference.
+
+Before all that, on CPU targets (`pack_for_target`): float32 convolutions with constant
+weights move to NHWC (`ConvertLayout`: pooling and elementwise ops follow, transposes
+only at the graph's borders) and become our packed kernels (`PackConv2dFp32`), whose
+weights are packed here already (so they are not marked layout-free).
 """
 
 from __future__ import annotations
 
 from . import _tvm
 from ._tvm import relax, tvm
+from .kernels.fp32_packed import BLOCK_NAME as FP32_PACKED
+from .kernels.select import vector_shape
+from .passes.pack_conv2d import PackConv2dFp32, count_packable
 from .reports import LoweringReport, PassLog
 
 LOWERING_PASSES = (
@@ -41,17 +49,36 @@ WEIGHT_LAYOUT_PASSES = (
 )
 
 
-def lower(mod: tvm.ir.IRModule) -> tuple[tvm.ir.IRModule, LoweringReport]:
-    """The graph as fused kernels, and the report naming the passes run."""
+def lower(mod: tvm.ir.IRModule, target: tvm.target.Target | None = None) -> tuple[tvm.ir.IRModule, LoweringReport]:
+    """The graph as fused kernels for `target` (None: generic kernels, no packed
+    layouts), and the report naming the passes run."""
     ran = PassLog()
+    mod, packed = pack_for_target(mod, target, ran)
     mod = ran.run_all(LOWERING_PASSES, mod, "lowering")
     mod = _only_constants_layout_free(mod)
     kernels = sum(1 for _, func in mod.functions_items() if isinstance(func, _tvm.PrimFunc))
-    return mod, LoweringReport(passes=list(ran), kernels=kernels)
+    return mod, LoweringReport(passes=list(ran), kernels=kernels, packed_conv2d=packed)
 
 
-def lower_for_tuning(mod: tvm.ir.IRModule) -> tvm.ir.IRModule:
-    return lower(mod)[0]
+def lower_for_tuning(mod: tvm.ir.IRModule, target: tvm.target.Target | None = None) -> tvm.ir.IRModule:
+    return lower(mod, target)[0]
+
+
+def pack_for_target(mod: tvm.ir.IRModule, target, ran: PassLog) -> tuple[tvm.ir.IRModule, int]:
+    """float32 convolutions with constant weights -> NHWC packed kernels, on CPU targets;
+    returns the module and how many convolutions were packed."""
+    if target is None or target.kind.name != "llvm" or not count_packable(mod, ("NCHW", "OIHW")) + count_packable(
+        mod, ("NHWC", "OHWI")
+    ):
+        return mod, 0
+    lanes, _ = vector_shape(_tvm.cpu_features(target), str(target.attrs.get("mtriple", "")))
+    layout = (
+        lambda: relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
+        relax.transform.FoldConstant,  # the weights' OIHW -> OHWI transposes
+    )
+    nhwc = ran.run_all(layout, mod, "lowering")
+    packed = count_packable(nhwc, ("NHWC", "OHWI"))
+    return ran.run_all((lambda: PackConv2dFp32(lanes),), nhwc, "lowering"), packed
 
 
 def fold_weight_layouts(mod: tvm.ir.IRModule, target: tvm.target.Target, ran: PassLog | None = None) -> tvm.ir.IRModule:
@@ -115,6 +142,8 @@ def _only_constants_layout_free(mod: tvm.ir.IRModule) -> tvm.ir.IRModule:
             continue
         marked = [int(i) for i in func.attrs.get("layout_free_buffers", [])]
         kept = [i for i in marked if i in constant_args.get(gv.name_hint, set())]
+        if kept and FP32_PACKED in func.script(show_meta=False):
+            kept = []  # packed at compile time already: the schedule reads them as they are
         if kept != marked:
             updates[gv] = func.with_attr("layout_free_buffers", kept)
     if not updates:

@@ -126,7 +126,7 @@ def compile_model(
     reports.compression, reports.size_accuracy = shrunk.compression, shrunk.table
 
     # 5. Lower to fused kernels: the units that are tuned, cached and built.
-    fused, reports.lowering = lower(mod)
+    fused, reports.lowering = lower(mod, tvm_target)
 
     # 6. Schedule: tune what the cache does not cover (if asked), apply the cache's
     #    records, and give every kernel still without one a default schedule.
@@ -290,7 +290,7 @@ def tune_model(
         compress=compress, max_accuracy_drop=max_accuracy_drop,
     ).mod
     cache = TargetCache.open(_tvm.target_to_dict(tvm_target), _tvm.TVM_VERSION, cache_dir)
-    return tune(lower(mod)[0], tvm_target, cache, budget or TuningBudget(), progress, measure)
+    return tune(lower(mod, tvm_target)[0], tvm_target, cache, budget or TuningBudget(), progress, measure)
 
 
 def _measured_ms(library: Path, preset, inputs, weights=None) -> float | None:

@@ -140,6 +140,7 @@ class QuantizationReport(StageReport):
 @dataclass
 class LoweringReport(StageReport):
     kernels: int = 0  # fused TIR kernels after lowering
+    packed_conv2d: int = 0  # float32 convolutions on the packed NHWC kernels (kernels/fp32_packed.py)
 
 
 @dataclass

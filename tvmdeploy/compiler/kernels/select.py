@@ -38,3 +38,14 @@ def space_for_kernel(func, target):
     if spec is None or BLOCK_NAME not in func.script(show_meta=False):
         return "post-order-apply"
     return int8_space_generator(spec.intrinsic)
+
+
+def vector_shape(features: set[str], triple: str = "") -> tuple[int, int]:
+    """(fp32 lanes per vector, vector registers) for a target's LLVM feature set."""
+    if "avx512f" in features:
+        return 16, 32
+    if "avx2" in features or "avx" in features:
+        return 8, 16
+    if "neon" in features or triple.startswith("aarch64"):
+        return 4, 32
+    return 4, 16

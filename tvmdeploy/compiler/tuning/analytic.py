@@ -24,21 +24,13 @@ no better than the random sample (a packed NCHWc convolution is what those need)
 
 from __future__ import annotations
 
+from ..kernels.select import vector_shape  # noqa: F401 - re-exported for the default schedules
+
 SPATIAL_TILES = 4  # "SSRSRS": spatial axes split in 4, reduction axes in 2
 REDUCTION_TILES = 2
+
 MAX_INNERMOST = 64  # MetaSchedule's max_innermost_factor for CPU tiling
 UNROLL_CHOICE = 64  # of MetaSchedule's unroll candidates [0, 16, 64, 512]
-
-
-def vector_shape(features: set[str], triple: str = "") -> tuple[int, int]:
-    """(fp32 lanes per vector, vector registers) for a target's LLVM feature set."""
-    if "avx512f" in features:
-        return 16, 32
-    if "avx2" in features or "avx" in features:
-        return 8, 16
-    if "neon" in features or triple.startswith("aarch64"):
-        return 4, 32
-    return 4, 16
 
 
 def _largest_divisor(n: int, cap: int) -> int:

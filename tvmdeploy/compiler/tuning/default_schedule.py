@@ -27,6 +27,7 @@ from .._tvm import ms, tvm
 from ...errors import BuildError
 from ..kernels import register_intrinsics
 from ..kernels.select import space_for_kernel
+from ..kernels.fp32_schedule import packed_conv2d_schedule
 from .analytic import UNROLL_CHOICE, matmul_like, tile_sizes, vector_shape
 
 
@@ -75,13 +76,15 @@ def _too_small_for_threads(func) -> bool:
 def _cpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed: int) -> tuple[tvm.ir.IRModule, int]:
     register_intrinsics(target.kind.name)
     cores = int(target.attrs.get("num-cores", 1))
+    vector = vector_shape(_tvm.cpu_features(target), str(target.attrs.get("mtriple", "")))
     updates = {}
     with _tvm.native_stderr_to(None):  # C++ warnings about rules this target lacks
         for gv, func in mod.functions.items():
             if not isinstance(func, _tvm.PrimFunc) or _is_scheduled(func) or _has_empty_buffer(func):
                 continue
-            scheduled = None
-            if cores > 1 and _too_small_for_threads(func):
+            serial = cores > 1 and _too_small_for_threads(func)
+            scheduled = packed_conv2d_schedule(func, vector, 1 if serial else cores)
+            if scheduled is None and serial:
                 scheduled = _serial_sample(func, target, seed)
             if scheduled is None:
                 scheduled = _first_design_space_sample(func, target, cores, seed)

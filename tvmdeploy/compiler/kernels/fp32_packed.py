@@ -1,0 +1,87 @@
+"""fp32 conv2d in NHWC with weights packed at compile time: one compute for regular,
+grouped and depthwise convolutions (1x1 included), and the register-blocked schedule
+that makes it fast on CPUs.
+
+Layouts:
+    activations  NHWC: channels innermost, so L consecutive output channels are one vector
+    weights      [ceil(OC/L), KH, KW, IC/groups, L]   (constants, packed here with numpy)
+    output       NHWC
+
+The micro-kernel keeps a tile of RW output columns x V vectors of L output channels in
+vector registers; per input channel it loads V weight vectors, broadcasts RW input
+values and issues RW x V fused multiply-adds (the scheme ONNX Runtime's MLAS uses, in
+NHWC rather than NCHWc so that consecutive layers need no layout change and a depthwise
+convolution reads whole channel vectors). L is the target's fp32 vector width (16 on
+AVX-512, 8 on AVX2, 4 on NEON); RW and V come from the register count
+(`register_tile`), so the untuned default is a real schedule (`schedule_conv2d`).
+
+A depthwise convolution is the same compute with one input channel per group: its
+input index is the output channel itself, so the RW x V tile reads channel vectors.
+Output channel counts that are not a multiple of L use the largest divisor of the
+channels per group that fits a vector (the weight is laid out for it), so a vector
+never straddles two groups.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._tvm import te, tirx, topi
+
+BLOCK_NAME = "fp32_packed"  # in the kernels' block names: how the scheduler recognizes them
+CONV_BLOCK = f"conv2d_{BLOCK_NAME}"
+
+
+def lanes_for(channels_per_group: int, vector_lanes: int) -> int:
+    """Output channels per packed block: the vector width when it divides the channels
+    of a group, else the largest divisor of them that fits one vector."""
+    if channels_per_group % vector_lanes == 0:
+        return vector_lanes
+    return max(d for d in range(1, min(vector_lanes, channels_per_group) + 1) if channels_per_group % d == 0)
+
+
+def conv_lanes(out_channels: int, groups: int, vector_lanes: int) -> int:
+    if groups == 1:
+        return lanes_for(out_channels, vector_lanes)
+    per_group = out_channels // groups
+    # Depthwise (one output channel per group): lanes span groups, which is what we want.
+    return lanes_for(out_channels, vector_lanes) if per_group == 1 else lanes_for(per_group, vector_lanes)
+
+
+def pack_conv2d_weight(w_ohwi: np.ndarray, lanes: int) -> np.ndarray:
+    """[OC, KH, KW, IC/groups] -> [OC/L, KH, KW, IC/groups, L]."""
+    oc, kh, kw, icg = w_ohwi.shape
+    return np.ascontiguousarray(w_ohwi.reshape(oc // lanes, lanes, kh, kw, icg).transpose(0, 2, 3, 4, 1))
+
+
+def _i64(dims) -> list:
+    return [tirx.IntImm("int64", int(d)) for d in dims]
+
+
+def conv2d_nhwc_packed(x_shape, packed_shape, out_channels: int, groups: int, strides, padding, dilation, dtype="float32"):
+    """A PrimFunc (x NHWC, packed weight) -> NHWC output with `out_channels` channels."""
+    n, h, w, _ = x_shape
+    _, kh, kw, icg, lanes = packed_shape
+    ocg = out_channels // groups
+    sh, sw = strides
+    dh, dw = dilation
+    pt, pl, pb, pr = padding
+    data = te.placeholder(_i64(x_shape), dtype, name="x")
+    packed = te.placeholder(_i64(packed_shape), dtype, name="w")
+    x = data
+    if any(padding):
+        x = topi.nn.pad(data, [0, pt, pl, 0], [0, pb, pr, 0], pad_value=tirx.const(0.0, dtype), name="x_pad")
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    rh = te.reduce_axis((0, kh), "rh")
+    rw = te.reduce_axis((0, kw), "rw")
+    rc = te.reduce_axis((0, icg), "rc")
+    out = te.compute(
+        _i64((n, oh, ow, out_channels)),
+        lambda b, i, j, c: te.sum(
+            x[b, i * sh + rh * dh, j * sw + rw * dw, (c // ocg) * icg + rc] * packed[c // lanes, rh, rw, rc, c % lanes],
+            axis=[rh, rw, rc],
+        ),
+        name=CONV_BLOCK,
+    )
+    return te.create_prim_func([data, packed, out])

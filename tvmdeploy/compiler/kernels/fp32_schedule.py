@@ -1,0 +1,162 @@
+"""The register-blocked schedule of the packed fp32 conv kernels (kernels/fp32_packed.py):
+the untuned default (tile from the target's registers) and the small space tuning
+searches around the same micro-kernel.
+
+    output tile      RW output columns x V vectors of L channels, kept in registers
+                     (RW x V + V + 1 <= vector registers: V weight vectors and one
+                     broadcast beside the accumulators)
+    loop order       tiles parallel over (image rows, column tiles, channel tiles),
+                     channel tiles outermost when the weights outweigh the input
+                     (each weight block then stays in cache across the image)
+    reduction        KH, KW, IC/groups outside the tile; the tile's loops unrolled
+                     around one L-lane vector
+
+Tuning samples RW and V among the divisors that fit, and the loop order: a few dozen
+points, every one a valid micro-kernel, instead of the generic multi-level tiling space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import _tvm
+from .._tvm import tvm
+from .fp32_packed import BLOCK_NAME, CONV_BLOCK
+
+MAX_VECTORS = 4  # output channel vectors per register tile
+
+
+@dataclass(frozen=True)
+class ConvTile:
+    """One point of the micro-kernel's space."""
+
+    columns: int  # RW: output columns per register tile
+    vectors: int  # V: output-channel vectors per register tile
+    channels_outer: bool  # loop order: weight block outermost (weights reused across the image) or image rows outermost
+
+
+def register_tile(out_width: int, channel_blocks: int, registers: int, max_vectors: int = MAX_VECTORS) -> tuple[int, int]:
+    """(RW, V): the most accumulators RW x V that fit the registers beside V weight vectors
+    and one broadcast (RW x V + V + 1 <= registers), with RW dividing the output width and
+    V the channel blocks (a tile never runs past the edge); among equals, the balanced one
+    (fewest loads per multiply-add: 1/RW + 1/V)."""
+    best = (1, 1)
+    for v in range(1, max_vectors + 1):
+        if channel_blocks % v:
+            continue
+        for rw in range(1, out_width + 1):
+            if out_width % rw or rw * v + v + 1 > registers:
+                continue
+            score = (rw * v, -(1 / rw + 1 / v))
+            if score > (best[0] * best[1], -(1 / best[0] + 1 / best[1])):
+                best = (rw, v)
+    return best
+
+
+def default_tile(out_width: int, channel_blocks: int, registers: int, weight_bytes: int, input_bytes: int) -> ConvTile:
+    rw, v = register_tile(out_width, channel_blocks, registers)
+    return ConvTile(rw, v, channels_outer=weight_bytes > input_bytes)
+
+
+class NotPackedConv(Exception):
+    """The kernel has no packed conv block, or a block the schedule cannot place."""
+
+
+def find_conv_block(sch):
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    convs = [b for b in blocks if sch.get(b).name_hint.startswith(CONV_BLOCK)]
+    if len(convs) != 1:
+        raise NotPackedConv(f"{len(convs)} packed conv blocks")
+    return blocks, convs[0]
+
+
+def conv_geometry(sch, conv) -> tuple[int, int, int]:
+    """(output width, output channels, lanes) of the packed conv block."""
+    block = sch.get(conv)
+    out = block.writes[0].source
+    weight = next(r.source for r in block.reads if len(r.source.shape) == 5)
+    return int(out.shape[2]), int(out.shape[3]), int(weight.shape[4])
+
+
+def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
+    """The register-blocked schedule of a (fused) packed conv kernel, in place on `sch`.
+
+    The last block (the conv, or the epilogue that FuseOps attached: bias, activation,
+    residual add) is tiled RW columns x V*L channels; the conv is computed into that
+    tile (a local buffer LLVM keeps in registers) with the reductions outside and the
+    tile's loops unrolled around one L-lane vector; epilogue blocks in between are
+    inlined; padding stays a parallel, vectorized pass of its own."""
+    blocks, conv = find_conv_block(sch)
+    _, _, lanes = conv_geometry(sch, conv)
+    producers = {sch.get(b).name_hint for b in sch.get_producers(conv)}
+    outputs = sch.get_output_blocks(sch.get_sblock("root"))
+    if len(outputs) != 1:
+        raise NotPackedConv("more than one output block")
+    last = outputs[0]
+    pads = [b for b in blocks if sch.get(b).name_hint in producers]
+    name = lambda b: sch.get(b).name_hint  # noqa: E731
+    for block in blocks:
+        if name(block) in producers or name(block) in (name(conv), name(last)):
+            continue
+        sch.compute_inline(block)  # epilogue steps between the conv and the output
+    if name(last) == name(conv):
+        last = sch.cache_write(conv, 0, "global")  # the conv accumulates locally, a copy writes out
+    n, oh, ow, oc = sch.get_loops(last)
+    owo, owi = sch.split(ow, [None, tile.columns])
+    oco, ocv, lane = sch.split(oc, [None, tile.vectors, lanes])
+    outer = [oco, n, oh, owo] if tile.channels_outer else [n, oh, owo, oco]
+    sch.reorder(*outer, owi, ocv, lane)
+    tile_loop = sch.fuse(*outer)
+    if threads > 1:
+        sch.parallel(tile_loop)
+    sch.unroll(owi)
+    sch.unroll(ocv)
+    sch.vectorize(lane)
+    sch.compute_at(conv, tile_loop, preserve_unit_loops=True)
+    sch.set_scope(conv, 0, "local")
+    b0, b1, b2, b3, r0, r1, r2 = sch.get_loops(conv)[-7:]
+    cv, cl = sch.split(b3, [None, lanes])
+    sch.reorder(r0, r1, r2, b2, cv, cl)
+    sch.unroll(b2)
+    sch.unroll(cv)
+    sch.vectorize(cl)
+    init = sch.decompose_reduction(conv, r0)
+    _, _, init_lane = sch.get_loops(init)[-3:]
+    if sch.get(init_lane).kind != sch.get(cl).kind:
+        sch.vectorize(init_lane)
+    for pad in pads:
+        loops = sch.get_loops(pad)
+        if threads > 1:
+            sch.parallel(sch.fuse(loops[0], loops[1]))
+        sch.vectorize(loops[-1])
+
+
+def packed_conv2d_schedule(func, vector: tuple[int, int], threads: int):
+    """The default schedule of a kernel holding a packed fp32 conv (None: it holds none,
+    or the schedule cannot place one of its blocks; the generic default serves then).
+    vector: (fp32 lanes, vector registers) of the target."""
+    if BLOCK_NAME not in func.script(show_meta=False):
+        return None
+    try:
+        sch = _tvm.Schedule(tvm.ir.IRModule({"main": func}))
+        _, conv = find_conv_block(sch)
+        out_width, out_channels, lanes = conv_geometry(sch, conv)
+        weight_bytes, input_bytes = operand_bytes(sch, conv)
+        tile = default_tile(out_width, -(-out_channels // lanes), vector[1], weight_bytes, input_bytes)
+        schedule_conv2d(sch, tile, threads)
+        return sch.mod["main"]
+    except Exception:  # noqa: BLE001 - a kernel shape the schedule does not cover
+        return None
+
+
+def operand_bytes(sch, conv) -> tuple[int, int]:
+    block = sch.get(conv)
+    sizes = []
+    for region in block.reads:
+        n = 4
+        for d in region.source.shape:
+            n *= int(d)
+        sizes.append((len(region.source.shape), n))
+    weight = sum(n for rank, n in sizes if rank == 5)
+    data = sum(n for rank, n in sizes if rank == 4)
+    return weight, data

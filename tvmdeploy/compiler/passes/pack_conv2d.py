@@ -1,0 +1,100 @@
+"""PackConv2dFp32: fp32 NHWC conv2d with a constant weight -> our packed kernel.
+
+    conv2d(x NHWC, W OHWI constant)  ->  call_tir(conv2d_fp32_packed, [x, pack(W)])
+
+The weight is packed once here ([OC/L, KH, KW, IC/groups, L], kernels/fp32_packed.py),
+so the artifact stores it in the layout the kernel reads; FuseOps then fuses the bias,
+activation and residual add after it like any conv. Convolutions in another layout,
+dtype, or with a weight computed at run time are left as they are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import IRModule, relax
+from tvm.ir import Op
+from tvm.ir.transform import PassContext, module_pass
+
+from .._tvm import RelaxConstant
+from ..analysis.channels import static_shape
+from ..analysis.layer_calls import is_primitive
+from ..kernels.fp32_packed import CONV_BLOCK, conv2d_nhwc_packed, conv_lanes, pack_conv2d_weight
+from .carry import carries_errors
+
+CONV2D = Op.get("relax.nn.conv2d")
+
+
+def packable_conv2d(call: relax.Call, layouts: tuple[str, str] = ("NHWC", "OHWI")) -> bool:
+    """A float32 conv2d with static shapes and a constant weight, in these layouts."""
+    if not isinstance(call, relax.Call) or not call.op.same_as(CONV2D):
+        return False
+    a = call.attrs
+    data, weight = call.args
+    out_layout = str(a.out_layout) or str(a.data_layout)
+    return (
+        isinstance(weight, RelaxConstant)
+        and (str(a.data_layout), str(a.kernel_layout)) == layouts
+        and out_layout == layouts[0]
+        and str(a.out_dtype) in ("", "None", "void", "float32")
+        and weight.ty.dtype == "float32"
+        and data.ty.dtype == "float32"
+        and static_shape(data) is not None
+        and static_shape(call) is not None
+    )
+
+
+def count_packable(mod: IRModule, layouts: tuple[str, str]) -> int:
+    found = []
+
+    def visit(expr):
+        if packable_conv2d(expr, layouts):
+            found.append(expr)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function) and not is_primitive(func):
+            relax.analysis.post_order_visit(func.body, visit)
+    return len(found)
+
+
+@module_pass(opt_level=0, name="PackConv2dFp32")
+class PackConv2dFp32:
+    """vector_lanes: the target's fp32 vector width (16 AVX-512, 8 AVX2, 4 NEON)."""
+
+    def __init__(self, vector_lanes: int):
+        self.vector_lanes = int(vector_lanes)
+
+    @carries_errors
+    def transform_module(self, mod: IRModule, ctx: PassContext) -> IRModule:
+        lanes = self.vector_lanes
+
+        @relax.expr_functor.mutator
+        class Rewriter(relax.PyExprMutator):
+            def visit_call_(self, call):
+                call = super().visit_call_(call)
+                if not packable_conv2d(call):
+                    return call
+                return packed_call(self.builder_, call, lanes)
+
+        rewriter = Rewriter(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function) and not is_primitive(func):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        return relax.transform.Normalize()(rewriter.builder_.get())
+
+
+def packed_call(builder: relax.BlockBuilder, call: relax.Call, vector_lanes: int) -> relax.Expr:
+    a = call.attrs
+    data, weight = call.args
+    w = weight.value.numpy()
+    groups = int(a.groups)
+    out_shape = static_shape(call)
+    lanes = conv_lanes(w.shape[0], groups, vector_lanes)
+    packed = pack_conv2d_weight(np.ascontiguousarray(w, dtype=np.float32), lanes)
+    kernel = conv2d_nhwc_packed(
+        static_shape(data), packed.shape, w.shape[0], groups, [int(v) for v in a.strides],
+        [int(p) for p in a.padding], [int(v) for v in a.dilation],
+    )
+    gv = builder.add_func(kernel, CONV_BLOCK)
+    # te.create_prim_func names every kernel "main": one left unfused keeps its own symbol.
+    builder.update_func(gv, kernel.with_attr("global_symbol", gv.name_hint))
+    return relax.call_tir(gv, relax.Tuple([data, relax.const(packed)]), relax.TensorType(out_shape, "float32"))
