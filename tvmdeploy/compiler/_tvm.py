@@ -232,6 +232,14 @@ def unroll_choices(trace) -> list[tuple[Any, list[int]]]:
     return [(inst, [int(c) for c in inst.attrs[0]]) for inst in trace.insts if inst.kind.name == "SampleCategorical"]
 
 
+def compute_location_choices(trace) -> list:
+    """The trace's SampleComputeLocation instructions (decision -1: the block at root)."""
+    return [inst for inst in trace.insts if inst.kind.name == "SampleComputeLocation"]
+
+
+COMPUTE_AT_ROOT = -1  # a SampleComputeLocation decision: the block stays at the root
+
+
 def replay_with_decisions(mod, trace, decisions: dict):
     """A Schedule of `mod` from `trace` with some sampling decisions replaced (postprocessors not applied)."""
     for inst, decision in decisions.items():
@@ -432,6 +440,8 @@ __all__ = [
     "ms",
     "register_tvm_tensor_intrinsics",
     "replay_with_decisions",
+    "compute_location_choices",
+    "COMPUTE_AT_ROOT",
     "tiled_blocks",
     "unroll_choices",
     "serial_cpu_space",

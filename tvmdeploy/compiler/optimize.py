@@ -13,6 +13,7 @@ import tvm
 from tvm import relax
 
 from .passes import FoldConvChannelAffine, IdentifierParamNames
+from .passes.clip_as_ops import ClipAsRelaxOps
 from .reports import GraphReport, PassLog
 
 
@@ -31,6 +32,7 @@ GRAPH_PASSES = (
     FoldConvChannelAffine,
     relax.transform.FoldConstant,
     relax.transform.EliminateCommonSubexpr,
+    ClipAsRelaxOps,  # ReLU6 as ops the layout change and fusion see through
     relax.transform.DeadCodeElimination,
 )
 

@@ -122,6 +122,7 @@ def _analytic_tiles(schedule, context, target):
     for inst, candidates in _tvm.unroll_choices(trace):
         if UNROLL_CHOICE in candidates:
             decisions[inst] = candidates.index(UNROLL_CHOICE)
+    decisions.update(_at_root(trace))
     try:
         tiled = _tvm.replay_with_decisions(context.mod, trace, decisions)
         for postproc in context.space_generator.postprocs:
@@ -130,6 +131,14 @@ def _analytic_tiles(schedule, context, target):
         return tiled.mod["main"]
     except Exception:  # a decision the space rejects: the random sample serves
         return None
+
+
+def _at_root(trace) -> dict:
+    """Decisions that keep every block the sample may move (compute_at) at the root. A
+    random location can put a reduction inside its consumer's loop, which recomputes it
+    per element: a 1000-class softmax took 3.1 ms that way (its sum redone 1000 times);
+    at the root it is one pass per step."""
+    return {inst: _tvm.COMPUTE_AT_ROOT for inst in _tvm.compute_location_choices(trace)}
 
 
 def _gpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target) -> tuple[tvm.ir.IRModule, int]:
@@ -205,6 +214,9 @@ def _design_space_sample(func, target, cores: int, seed: int, space, analytic: b
             tiled = _analytic_tiles(schedule, context, target)
             if tiled is not None:
                 return tiled
+            at_root = _at_root(schedule.trace)
+            if at_root:
+                schedule = _tvm.replay_with_decisions(context.mod, schedule.trace, at_root)
         for postproc in context.space_generator.postprocs:
             if not postproc.apply(schedule):
                 return None
