@@ -29,6 +29,7 @@ from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, TensorSpec
 from .schema import MAX_MANIFEST_BYTES
 from .weights_file import read_weights
 from .inputs import random_inputs
+from .host_buffers import HostInputs, host_numpy
 from .tvm_library import import_tvm
 
 __all__ = ["LoadedModel", "load", "read_manifest"]
@@ -159,6 +160,7 @@ class LoadedModel:
         # Weights stored beside the library (compact, e.g. after magnitude pruning) are
         # expanded once here and passed after the inputs on every call.
         self._weights = [tvm.runtime.tensor(a, self._device) for a in weights]
+        self._host_inputs = HostInputs(tvm, self._device, self.inputs)
 
     def __repr__(self) -> str:
         ins = ", ".join(s.describe() for s in self.inputs)
@@ -168,8 +170,7 @@ class LoadedModel:
     def __call__(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
         """Run once. Inputs positionally in manifest order, or by input name."""
         arrays = self._bind_inputs(args, kwargs)
-        tensors = [self._tvm.runtime.tensor(a, self._device) for a in arrays]
-        return to_numpy(self._run(*tensors, *self._weights))
+        return to_numpy(self._run(*self._host_inputs.tensors(arrays), *self._weights))
 
     def _run(self, *tensors):
         try:
@@ -301,7 +302,7 @@ def _set_threads(tvm, nthreads: int) -> None:
 
 def to_numpy(result) -> list[np.ndarray]:
     if hasattr(result, "numpy"):
-        return [result.numpy()]
+        return [host_numpy(result)]
     out = []
     for item in result:
         out.extend(to_numpy(item))

@@ -1,0 +1,99 @@
+"""Packed fp32 conv kernels (kernels/fp32_packed.py) with their default schedule
+(kernels/fp32_schedule.py): numbers against a float64 numpy convolution over padding,
+stride, dilation, groups (depthwise), 1x1, channel counts that are no multiple of the
+vector, batch > 1, one and two threads; and the register tile they choose."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tvmdeploy.compiler import _tvm
+from tvmdeploy.compiler._tvm import tvm
+from tvmdeploy.compiler.kernels.fp32_packed import conv2d_nhwc_packed, conv_lanes, pack_conv2d_weight
+from tvmdeploy.compiler.kernels.fp32_schedule import packed_conv2d_schedule, register_tile
+from tvmdeploy.compiler.kernels.select import vector_shape
+from tvmdeploy.compiler.presets import load_preset, resolve_preset
+
+
+def conv2d_reference(x_nhwc, w_ohwi, strides, padding, dilation, groups):
+    """Direct float64 convolution, NHWC x OHWI -> NHWC."""
+    pt, pl, pb, pr = padding
+    x = np.pad(x_nhwc.astype(np.float64), [(0, 0), (pt, pb), (pl, pr), (0, 0)])
+    n, h, w, _ = x.shape
+    oc, kh, kw, icg = w_ohwi.shape
+    ocg = oc // groups
+    sh, sw = strides
+    dh, dw = dilation
+    oh = (h - dh * (kh - 1) - 1) // sh + 1
+    ow = (w - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, oh, ow, oc))
+    for g in range(groups):
+        xs = x[..., g * icg:(g + 1) * icg]
+        ws = w_ohwi[g * ocg:(g + 1) * ocg].astype(np.float64)
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw, :]
+                out[..., g * ocg:(g + 1) * ocg] += patch @ ws[:, i, j, :].T
+    return out
+
+
+# (batch, height, width, in channels, out channels, kernel, stride, padding [t, l, b, r], dilation, groups)
+CASES = {
+    "3x3": (1, 12, 12, 32, 64, 3, 1, (1, 1, 1, 1), 1, 1),
+    "1x1": (1, 9, 9, 24, 48, 1, 1, (0, 0, 0, 0), 1, 1),
+    "odd-channels-batch2-stride2": (2, 13, 11, 7, 29, 3, 2, (1, 1, 1, 1), 1, 1),
+    "dilation2": (1, 10, 10, 16, 16, 3, 1, (2, 2, 2, 2), 2, 1),
+    "asymmetric-padding-5x5": (1, 11, 11, 8, 40, 5, 2, (0, 1, 2, 1), 1, 1),
+    "depthwise": (1, 14, 14, 48, 48, 3, 1, (1, 1, 1, 1), 1, 48),
+    "depthwise-odd-stride2": (1, 15, 15, 30, 30, 3, 2, (1, 1, 1, 1), 1, 30),
+    "grouped-17-per-group": (1, 7, 7, 16, 68, 1, 1, (0, 0, 0, 0), 1, 4),
+    "first-layer-3-channels": (1, 32, 32, 3, 16, 7, 2, (3, 3, 3, 3), 1, 1),
+}
+
+
+@pytest.fixture(scope="module")
+def host():
+    _, target = resolve_preset(load_preset("host"))
+    return target, vector_shape(_tvm.cpu_features(target), str(target.attrs.get("mtriple", "")))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", list(CASES))
+def test_packed_conv2d_matches_numpy(case, threads, host):
+    target, vector = host
+    n, h, w, ic, oc, k, s, pad, d, groups = CASES[case]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, h, w, ic)).astype(np.float32)
+    weight = rng.standard_normal((oc, k, k, ic // groups)).astype(np.float32)
+    packed = pack_conv2d_weight(weight, conv_lanes(oc, groups, vector[0]))
+    func = conv2d_nhwc_packed(x.shape, packed.shape, oc, groups, (s, s), pad, (d, d))
+    scheduled = packed_conv2d_schedule(func, vector, threads)
+    assert scheduled is not None, "the default schedule did not apply"
+    text = scheduled.script()
+    assert "T.vectorized" in text and ("T.parallel" in text) == (threads > 1)
+    want = conv2d_reference(x, weight, (s, s), pad, (d, d), groups)
+    lib = tvm.compile(tvm.ir.IRModule({"main": scheduled}), target=target)
+    out = tvm.runtime.tensor(np.zeros(want.shape, np.float32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(packed), out)
+    # float32 sums of up to k*k*ic/groups products of unit normals: error ~ sqrt(terms) * eps
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4 * np.sqrt(k * k * ic / groups))
+
+
+def test_register_tile_fills_the_registers_without_running_past_edges():
+    # AVX-512 (32 registers): 14 columns x 2 vectors = 28 accumulators + 2 weights + 1 broadcast
+    assert register_tile(56, 4, 32) == (14, 2)
+    assert register_tile(7, 32, 32) == (7, 2)  # ResNet's last stage: 7 divides the width
+    assert register_tile(7, 1, 16) == (7, 1)  # AVX2, one vector of channels
+    for width, blocks, registers in [(112, 6, 32), (13, 5, 16), (28, 17, 32), (1, 1, 16)]:
+        rw, v = register_tile(width, blocks, registers)
+        assert width % rw == 0 and blocks % v == 0 and rw * v + v + 1 <= registers
+
+
+def test_weight_packing_is_the_layout_the_kernel_reads():
+    w = np.arange(32 * 3 * 3 * 8, dtype=np.float32).reshape(32, 3, 3, 8)
+    packed = pack_conv2d_weight(w, 16)
+    assert packed.shape == (2, 3, 3, 8, 16)
+    oc, kh, kw, ic = 21, 2, 1, 5
+    assert packed[oc // 16, kh, kw, ic, oc % 16] == w[oc, kh, kw, ic]
+    assert conv_lanes(68, 4, 16) == 1 and conv_lanes(272, 4, 16) == 4 and conv_lanes(96, 96, 16) == 16 and conv_lanes(29, 1, 16) == 1
