@@ -14,6 +14,7 @@ from tvm import relax
 
 from .passes import FoldConvChannelAffine, IdentifierParamNames
 from .passes.clip_as_ops import ClipAsRelaxOps
+from .passes.remove_dropout import RemoveInferenceDropout
 from .reports import GraphReport, PassLog
 
 
@@ -33,6 +34,7 @@ GRAPH_PASSES = (
     relax.transform.FoldConstant,
     relax.transform.EliminateCommonSubexpr,
     ClipAsRelaxOps,  # ReLU6 as ops the layout change and fusion see through
+    RemoveInferenceDropout,  # its (output, mask) tuple stops the layout change
     relax.transform.DeadCodeElimination,
 )
 
