@@ -41,6 +41,29 @@ def test_every_conv_kernel_gets_a_parallel_vectorized_schedule():
     )
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_default_schedule_never_recomputes_a_reduction_per_element(seed):
+    """A sampled compute location can put softmax's sum inside the loop over its output
+    (1000 classes: the sum redone 1000 times, 3.1 ms instead of 3 us). The default keeps
+    every moved block at the root: the scheduled kernel does the unscheduled one's work."""
+    import tvm
+    from pass_helpers import relax_main
+    from tvm import relax
+
+    from tvmdeploy.compiler import _tvm
+    from tvmdeploy.compiler.presets import load_preset, resolve_preset
+    from tvmdeploy.compiler.tuning.default_schedule import apply_default_schedules
+
+    _, target = resolve_preset(load_preset("host"))
+    mod = relax.transform.LegalizeOps()(relax_main(lambda bb, x: relax.op.nn.softmax(x), (1, 1000)))
+    scheduled, count = apply_default_schedules(mod, target, seed=seed)
+    assert count == 1
+    (name,) = [gv for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    before = _tvm.estimate_flops(tvm.ir.IRModule({"main": mod[name]}))
+    after = _tvm.estimate_flops(tvm.ir.IRModule({"main": scheduled[name]}))
+    assert after <= 1.5 * before, (before, after)
+
+
 def test_gpu_targets_get_dlight_schedules():
     import tvm
 

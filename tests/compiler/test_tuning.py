@@ -114,6 +114,16 @@ def test_sigterm_midway_leaves_a_loadable_cache_that_the_next_run_extends(tmp_pa
     after = read_database(folder)
     assert len(after.records) > len(before.records)
     assert covered <= after.workload_hashes_with_records()
+    # The packed fp32 convs were tuned in their micro-kernel space (kernels/fp32_schedule.py),
+    # not MetaSchedule's generic multi-level tiling, and the tuned artifact is right.
+    workloads = (folder / WORKLOAD_FILE).read_text().splitlines()
+    packed = {i for i, line in enumerate(workloads) if "conv2d_fp32_packed" in line}
+    conv_records = [line for line in (folder / RECORD_FILE).read_text().splitlines() if json.loads(line)[0] in packed]
+    assert packed and conv_records
+    assert all("tiling_structure" not in line and "SamplePerfectTile" in line for line in conv_records)
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    (want,) = ort_run(model, {"image": x})
+    np.testing.assert_allclose(load(result.artifact_dir)(image=x)[0], want, rtol=1e-4, atol=1e-4)
 
 
 def test_two_processes_tuning_one_cache(tmp_path):

@@ -49,6 +49,33 @@ def test_call_by_name_and_position_agree(digits_artifact, digits):
     assert [s.name for s in model.inputs] == ["image"] and [s.name for s in model.outputs] == ["logits"]
 
 
+def test_reused_input_buffers_give_each_call_its_own_result(digits_artifact, digits, digits_model):
+    """Inputs go through per-thread buffers reused across calls (runtime/host_buffers.py):
+    results must not alias them, nor each other, nor another thread's inputs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import ort_run
+
+    images, _ = digits
+    model = load(digits_artifact)
+    want = [ort_run(digits_model, {"image": images[i:i + 1]})[0] for i in range(8)]
+    first = model(image=images[:1])[0]
+    kept = first.copy()
+    second = model(image=images[1:2])[0]
+    np.testing.assert_array_equal(first, kept)  # the second call did not write into the first result
+    np.testing.assert_allclose(first, want[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(second, want[1], rtol=1e-4, atol=1e-4)
+    source = images[2:3].copy()
+    model(image=source)
+    source[:] = 0  # changing the caller's array afterwards changes nothing
+    np.testing.assert_allclose(model(image=images[2:3])[0], want[2], rtol=1e-4, atol=1e-4)
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            results = list(pool.map(lambda i: model(image=images[i:i + 1])[0], range(8)))
+            for got, expected in zip(results, want):
+                np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_wrong_input_shape_dtype_and_name(digits_artifact, digits):
     images, _ = digits
     model = load(digits_artifact)

@@ -24,14 +24,15 @@ from .._tvm import tvm
 from .fp32_packed import BLOCK_NAME, CONV_BLOCK
 
 MAX_VECTORS = 4  # output channel vectors per register tile
+MAX_COLUMNS = 28  # output columns per register tile (one vector of channels, 32 registers)
 
 
 @dataclass(frozen=True)
 class ConvTile:
     """One point of the micro-kernel's space."""
 
-    columns: int  # RW: output columns per register tile
-    vectors: int  # V: output-channel vectors per register tile
+    columns: int | None  # RW: output columns per register tile (None: sampled, when tuning)
+    vectors: int | None  # V: output-channel vectors per register tile (None: sampled)
     channels_outer: bool  # loop order: weight block outermost (weights reused across the image) or image rows outermost
 
 
@@ -102,8 +103,12 @@ def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
     if name(last) == name(conv):
         last = sch.cache_write(conv, 0, "global")  # the conv accumulates locally, a copy writes out
     n, oh, ow, oc = sch.get_loops(last)
-    owo, owi = sch.split(ow, [None, tile.columns])
-    oco, ocv, lane = sch.split(oc, [None, tile.vectors, lanes])
+    ocb, lane = sch.split(oc, [None, lanes])
+    # Tuning samples the tile (None): divisors of the width and of the channel blocks.
+    columns = sch.sample_perfect_tile(ow, 2, MAX_COLUMNS) if tile.columns is None else [None, tile.columns]
+    vectors = sch.sample_perfect_tile(ocb, 2, MAX_VECTORS) if tile.vectors is None else [None, tile.vectors]
+    owo, owi = sch.split(ow, columns)
+    oco, ocv = sch.split(ocb, vectors)
     outer = [oco, n, oh, owo] if tile.channels_outer else [n, oh, owo, oco]
     sch.reorder(*outer, owi, ocv, lane)
     tile_loop = sch.fuse(*outer)
@@ -147,6 +152,23 @@ def packed_conv2d_schedule(func, vector: tuple[int, int], threads: int):
         return sch.mod["main"]
     except Exception:  # noqa: BLE001 - a kernel shape the schedule does not cover
         return None
+
+
+def conv2d_space(threads: int):
+    """MetaSchedule's design space for a packed conv kernel: the same micro-kernel with
+    RW and V sampled (perfect tiles, which MutateTileSize then mutates), in both loop
+    orders; TVM's LLVM postprocessors and mutators."""
+
+    def spaces(sch):
+        out = []
+        for channels_outer in (False, True):
+            copy = sch.copy()
+            copy.seed(sch.fork_seed())
+            schedule_conv2d(copy, ConvTile(None, None, channels_outer), threads)
+            out.append(copy)
+        return out
+
+    return _tvm.ms.space_generator.ScheduleFn(spaces, sch_rules=[], postprocs="llvm", mutator_probs="llvm")
 
 
 def operand_bytes(sch, conv) -> tuple[int, int]:

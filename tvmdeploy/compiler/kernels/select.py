@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 from .._tvm import cpu_features
+from .fp32_packed import BLOCK_NAME as FP32_BLOCK_NAME
+from .fp32_schedule import conv2d_space
 from .int8_packed import BLOCK_NAME, PackedInt8
 from .x86_intrin import int8_intrinsic_for, int8_space_generator, saturates_int16
 
@@ -29,13 +31,16 @@ def packed_int8_for(target) -> PackedInt8 | None:
 
 
 def space_for_kernel(func, target):
-    """MetaSchedule's space generator for one kernel: the tensorizing one for the packed
-    int8 kernels on targets with an int8 instruction, else MetaSchedule's default for
-    the target ("post-order-apply")."""
-    spec = packed_int8_for(target)
+    """MetaSchedule's space generator for one kernel: the micro-kernel space for the packed
+    fp32 convolutions (CPU targets), the tensorizing one for the packed int8 kernels on
+    targets with an int8 instruction, else MetaSchedule's default ("post-order-apply")."""
     # TVM 0.27 exposes no TIR visitor to Python: the printed kernel is searched for the
-    # packed block (after fusion it sits among the epilogue's blocks).
-    if spec is None or BLOCK_NAME not in func.script(show_meta=False):
+    # packed blocks (after fusion they sit among the epilogue's blocks).
+    text = func.script(show_meta=False)
+    if FP32_BLOCK_NAME in text and target is not None and target.kind.name == "llvm":
+        return conv2d_space(int(target.attrs.get("num-cores", 1)))
+    spec = packed_int8_for(target)
+    if spec is None or BLOCK_NAME not in text:
         return "post-order-apply"
     return int8_space_generator(spec.intrinsic)
 

@@ -1,0 +1,105 @@
+"""PackConv2dFp32: Before/Expected structural tests, what it leaves alone, and end to end
+(the NHWC packed graph against ONNX Runtime on a MobileNet/ShuffleNet-style export)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from conftest import MODELS, ort_run
+from pass_helpers import relax_main, verify_pass
+from tvm import relax
+
+from tvmdeploy import compile_model
+from tvmdeploy.compiler.kernels.fp32_packed import CONV_BLOCK, conv2d_nhwc_packed, pack_conv2d_weight
+from tvmdeploy.compiler.passes.pack_conv2d import PackConv2dFp32
+from tvmdeploy.runtime import load
+
+rng = np.random.default_rng(0)
+W = rng.standard_normal((32, 3, 3, 8)).astype("float32")  # OHWI
+DW = rng.standard_normal((8, 3, 3, 1)).astype("float32")  # depthwise OHWI
+SHAPE = (1, 10, 10, 8)
+
+
+def _nhwc_conv(x, weight, groups=1, strides=(1, 1)):
+    return relax.op.nn.conv2d(
+        x, relax.const(weight), strides=strides, padding=(1, 1), groups=groups, data_layout="NHWC", kernel_layout="OHWI"
+    )
+
+
+def _packed(bb, x, weight, groups, lanes, out_shape, strides=(1, 1)):
+    packed = pack_conv2d_weight(weight, lanes)
+    kernel = conv2d_nhwc_packed(SHAPE, packed.shape, weight.shape[0], groups, strides, (1, 1, 1, 1), (1, 1))
+    gv = bb.add_func(kernel, CONV_BLOCK)
+    bb.update_func(gv, kernel.with_attr("global_symbol", gv.name_hint))
+    return relax.call_tir(gv, relax.Tuple([x, relax.const(packed)]), relax.TensorType(out_shape, "float32"))
+
+
+def _module(body, builder=None):
+    bb = builder or relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(body(bb, x))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_regular_and_depthwise_convs_become_packed_kernels():
+    def before(bb, x):
+        y = bb.emit(_nhwc_conv(x, DW, groups=8))
+        y = bb.emit(relax.op.nn.relu(y))
+        return _nhwc_conv(y, W, strides=(2, 2))
+
+    def expected(bb, x):
+        y = bb.emit(_packed(bb, x, DW, 8, 8, (1, 10, 10, 8)))
+        y = bb.emit(relax.op.nn.relu(y))
+        return _packed(bb, y, W, 1, 16, (1, 5, 5, 32), strides=(2, 2))
+
+    verify_pass(PackConv2dFp32(16), _module(before), _module(expected))
+
+
+def test_avx2_lanes_pack_by_eight():
+    after = PackConv2dFp32(8)(_module(lambda bb, x: _nhwc_conv(x, W)))
+    consts = [c for c in _constants(after) if c.ndim == 5]
+    assert [c.shape for c in consts] == [(4, 3, 3, 8, 8)]
+    np.testing.assert_array_equal(consts[0], pack_conv2d_weight(W, 8))
+
+
+@pytest.mark.parametrize("case", ["nchw", "weight-is-a-parameter", "float16"])
+def test_convs_it_cannot_pack_are_left_alone(case):
+    if case == "nchw":
+        mod = relax_main(lambda bb, x: relax.op.nn.conv2d(x, relax.const(W.transpose(0, 3, 1, 2).copy()), padding=(1, 1)), (1, 8, 10, 10))
+    elif case == "float16":
+        mod = relax_main(lambda bb, x: _nhwc_conv(x, W.astype("float16")), SHAPE, "float16")
+    else:
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
+        w = relax.Var("w", relax.TensorType(W.shape, "float32"))
+        with bb.function("main", [x, w]):
+            with bb.dataflow():
+                out = bb.emit_output(relax.op.nn.conv2d(x, w, padding=(1, 1), data_layout="NHWC", kernel_layout="OHWI"))
+            bb.emit_func_output(out)
+        mod = bb.get()
+    verify_pass(PackConv2dFp32(16), mod, mod)
+
+
+def _constants(mod):
+    found = []
+    relax.analysis.post_order_visit(
+        mod["main"].body, lambda e: found.append(e.value.numpy()) if isinstance(e, tvm.ir.GenericConst) else None
+    )
+    return found
+
+
+def test_mobile_block_runs_packed_and_matches_onnxruntime(tmp_path):
+    """Depthwise, grouped (17 channels per group), dilated, strided convs, ReLU6 and a
+    channel shuffle, from a torch.onnx.export at opset 13."""
+    model = MODELS / "mobile_block.onnx"
+    result = compile_model(model, "host", output_dir=tmp_path / "a", cache_dir=tmp_path / "c")
+    lowering = result.reports.lowering
+    assert lowering.packed_conv2d == 6 and "PackConv2dFp32" in lowering.passes
+    x = np.random.default_rng(1).standard_normal((1, 3, 30, 30)).astype("float32")
+    (want,) = ort_run(model, {"image": x})
+    (got,) = load(result.artifact_dir)(image=x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
