@@ -79,6 +79,12 @@ def conv_geometry(sch, conv) -> tuple[int, int, int]:
     return int(out.shape[2]), int(out.shape[3]), int(weight.shape[4])
 
 
+def channels_per_group(sch, conv) -> int:
+    """Input channels each output channel reduces over (1: depthwise)."""
+    weight = next(r.source for r in sch.get(conv).reads if len(r.source.shape) == 5)
+    return int(weight.shape[3])
+
+
 def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
     """The register-blocked schedule of a (fused) packed conv kernel, in place on `sch`.
 
@@ -86,9 +92,11 @@ def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
     residual add) is tiled RW columns x V*L channels; the conv is computed into that
     tile (a local buffer LLVM keeps in registers) with the reductions outside and the
     tile's loops unrolled around one L-lane vector; epilogue blocks in between are
-    inlined; padding stays a parallel, vectorized pass of its own."""
+    inlined; padding stays a parallel, vectorized pass of its own (inlined into the
+    loads for depthwise convs)."""
     blocks, conv = find_conv_block(sch)
     _, _, lanes = conv_geometry(sch, conv)
+    depthwise = channels_per_group(sch, conv) == 1
     producers = {sch.get(b).name_hint for b in sch.get_producers(conv)}
     outputs = sch.get_output_blocks(sch.get_sblock("root"))
     if len(outputs) != 1:
@@ -130,6 +138,14 @@ def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
     if sch.get(init_lane).kind != sch.get(cl).kind:
         sch.vectorize(init_lane)
     for pad in pads:
+        if depthwise:
+            # One multiply-add per loaded vector: a separate padding pass would cost as much
+            # memory traffic as the conv itself (1.3-2.7x slower measured); the bounds checks
+            # inlined into the loads are cheaper. A conv reducing over channels reuses each
+            # loaded value across its tile, so there the padded copy is the cheaper side
+            # (inlined: 1.7-4x slower).
+            sch.compute_inline(pad)
+            continue
         loops = sch.get_loops(pad)
         if threads > 1:
             sch.parallel(sch.fuse(loops[0], loops[1]))
@@ -144,31 +160,34 @@ def packed_conv2d_schedule(func, vector: tuple[int, int], threads: int):
         return None
     try:
         sch = _tvm.Schedule(tvm.ir.IRModule({"main": func}))
-        _, conv = find_conv_block(sch)
-        out_width, out_channels, lanes = conv_geometry(sch, conv)
-        weight_bytes, input_bytes = operand_bytes(sch, conv)
-        tile = default_tile(out_width, -(-out_channels // lanes), vector[1], weight_bytes, input_bytes)
-        schedule_conv2d(sch, tile, threads)
+        schedule_conv2d(sch, kernel_default_tile(sch, vector), threads)
         return sch.mod["main"]
     except Exception:  # noqa: BLE001 - a kernel shape the schedule does not cover
         return None
 
 
-def conv2d_space(threads: int):
-    """MetaSchedule's design space for a packed conv kernel: the same micro-kernel with
-    RW and V sampled (perfect tiles, which MutateTileSize then mutates), in both loop
+def conv2d_space(vector: tuple[int, int], threads: int):
+    """MetaSchedule's design space for a packed conv kernel: the untuned default itself
+    (a fixed point the search measures beside its samples), and the same micro-kernel
+    with RW and V sampled (perfect tiles, which MutateTileSize then mutates) in both loop
     orders; TVM's LLVM postprocessors and mutators."""
 
     def spaces(sch):
         out = []
-        for channels_outer in (False, True):
+        for tile in (kernel_default_tile(sch, vector), ConvTile(None, None, False), ConvTile(None, None, True)):
             copy = sch.copy()
             copy.seed(sch.fork_seed())
-            schedule_conv2d(copy, ConvTile(None, None, channels_outer), threads)
+            schedule_conv2d(copy, tile, threads)
             out.append(copy)
         return out
 
     return _tvm.ms.space_generator.ScheduleFn(spaces, sch_rules=[], postprocs="llvm", mutator_probs="llvm")
+
+
+def kernel_default_tile(sch, vector: tuple[int, int]) -> ConvTile:
+    _, conv = find_conv_block(sch)
+    out_width, out_channels, lanes = conv_geometry(sch, conv)
+    return default_tile(out_width, -(-out_channels // lanes), vector[1], *operand_bytes(sch, conv))
 
 
 def operand_bytes(sch, conv) -> tuple[int, int]:

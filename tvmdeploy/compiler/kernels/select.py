@@ -38,7 +38,8 @@ def space_for_kernel(func, target):
     # packed blocks (after fusion they sit among the epilogue's blocks).
     text = func.script(show_meta=False)
     if FP32_BLOCK_NAME in text and target is not None and target.kind.name == "llvm":
-        return conv2d_space(int(target.attrs.get("num-cores", 1)))
+        vector = vector_shape(cpu_features(target), str(target.attrs.get("mtriple", "")))
+        return conv2d_space(vector, int(target.attrs.get("num-cores", 1)))
     spec = packed_int8_for(target)
     if spec is None or BLOCK_NAME not in text:
         return "post-order-apply"
