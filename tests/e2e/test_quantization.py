@@ -38,7 +38,7 @@ def test_digits_int8_static_keeps_accuracy_and_shrinks_weights(tmp_path):
     assert report["after"]["weight_bytes"] <= 0.3 * report["before"]["weight_bytes"]
     # The manifest lists what ran, in order: NHWC for the packed kernels, then int8, then
     # the bias folded into the int32 accumulator.
-    shrink = [p for p in result.manifest.passes if p in ("ConvertLayout", "QuantizeLayersInt8", "FoldBiasIntoInt32")]
+    shrink = [p for p in result.reports.quantization.passes if p in ("ConvertLayout", "QuantizeLayersInt8", "FoldBiasIntoInt32")]
     assert shrink == (["ConvertLayout"] if report["kernels"]["packed"] else []) + ["QuantizeLayersInt8", "FoldBiasIntoInt32"]
     assert result.manifest.passes == result.reports.passes()
     assert result.reports.quantization.passes == [p for p in result.reports.quantization.passes if p in shrink + ["FoldConstant"]]
@@ -81,7 +81,7 @@ def test_layers_below_the_sqnr_floor_stay_float(tmp_path):
     assert report["accuracy"]["output_sqnr_db"] == [None]  # identical outputs: infinite SQNR
     # Nothing was quantized, so no quantization pass is listed.
     assert report["passes"] == []
-    assert not {"ConvertLayout", "QuantizeLayersInt8", "FoldBiasIntoInt32"} & set(result.manifest.passes)
+    assert not {"QuantizeLayersInt8", "FoldBiasIntoInt32"} & set(result.manifest.passes)
     fp32 = compile_model(DIGITS_CNN, output_dir=tmp_path / "fp32").manifest
     assert result.manifest.passes == fp32.passes
 

@@ -29,6 +29,7 @@ from . import _tvm
 from ._tvm import relax, tvm
 from .kernels.fp32_packed import BLOCK_NAME as FP32_PACKED
 from .kernels.select import vector_shape
+from .passes.fast_math import FastMath
 from .passes.pack_conv2d import PackConv2dFp32, count_packable
 from ..errors import BuildError
 from .reports import LoweringReport, PassLog
@@ -56,10 +57,7 @@ def lower(mod: tvm.ir.IRModule, target: tvm.target.Target | None = None) -> tupl
     ran = PassLog()
     mod, packed = pack_for_target(mod, target, ran)
     if target is not None and target.kind.name == "llvm":
-        # exp / erf / tanh / softmax as TVM's polynomial forms (relative error < 6e-7
-        # over [-12, 12], measured): LLVM has no vector libm here, so the exact ones run as
-        # one scalar libm call per element (a BERT layer's GELU matmul: 7 ms of 14).
-        mod = ran.run_all((relax.transform.FastMathTransform,), mod, "lowering")
+        mod = ran.run_all((FastMath,), mod, "lowering")  # vectorizable exp/erf/tanh (passes/fast_math.py)
     mod = ran.run_all(LOWERING_PASSES, mod, "lowering")
     mod = _only_constants_layout_free(mod)
     kernels = sum(1 for _, func in mod.functions_items() if isinstance(func, _tvm.PrimFunc))
