@@ -29,6 +29,7 @@ from . import _tvm
 from ._tvm import relax, tvm
 from .kernels.fp32_packed import BLOCK_NAME as FP32_PACKED
 from .kernels.select import vector_shape
+from .passes.channel_shuffle import ChannelShuffleNHWC
 from .passes.fast_math import FastMath
 from .passes.pack_conv2d import PackConv2dFp32, count_packable
 from ..errors import BuildError
@@ -79,6 +80,7 @@ def pack_for_target(mod: tvm.ir.IRModule, target, ran: PassLog) -> tuple[tvm.ir.
     layout = (
         lambda: relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
         relax.transform.FoldConstant,  # the weights' OIHW -> OHWI transposes
+        ChannelShuffleNHWC,  # a shuffle ConvertLayout left in NCHW
     )
     trial = PassLog()
     try:

@@ -11,8 +11,10 @@ searches around the same micro-kernel.
     reduction        KH, KW, IC/groups outside the tile; the tile's loops unrolled
                      around one L-lane vector
 
-Tuning samples RW and V among the divisors that fit, and the loop order: a few dozen
-points, every one a valid micro-kernel, instead of the generic multi-level tiling space.
+Tuning searches RW (a divisor of the output width) and V (of the channel blocks) in
+both loop orders, beside the default itself: a few dozen points of the same micro-kernel
+(a sample past the register budget spills, and measuring says so) instead of the
+generic multi-level tiling space.
 """
 
 from __future__ import annotations
