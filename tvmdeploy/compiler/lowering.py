@@ -28,7 +28,7 @@ from __future__ import annotations
 from . import _tvm
 from ._tvm import relax, tvm
 from .kernels.fp32_packed import BLOCK_NAME as FP32_PACKED
-from .kernels.select import vector_shape
+from .kernels.select import target_vector_shape
 from .passes.channel_shuffle import ChannelShuffleNHWC
 from .passes.fast_math import FastMath
 from .passes.pack_conv2d import PackConv2dFp32, count_packable
@@ -76,7 +76,7 @@ def pack_for_target(mod: tvm.ir.IRModule, target, ran: PassLog) -> tuple[tvm.ir.
         mod, ("NHWC", "OHWI")
     ):
         return mod, 0
-    lanes, _ = vector_shape(_tvm.cpu_features(target), str(target.attrs.get("mtriple", "")))
+    lanes, _ = target_vector_shape(target)
     layout = (
         lambda: relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
         relax.transform.FoldConstant,  # the weights' OIHW -> OHWI transposes

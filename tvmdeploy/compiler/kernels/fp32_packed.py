@@ -12,8 +12,8 @@ vector registers; per input channel it loads V weight vectors, broadcasts RW inp
 values and issues RW x V fused multiply-adds (the scheme ONNX Runtime's MLAS uses, in
 NHWC rather than NCHWc so that consecutive layers need no layout change and a depthwise
 convolution reads whole channel vectors). L is the target's fp32 vector width (16 on
-AVX-512, 8 on AVX2, 4 on NEON); RW and V come from the register count
-(`register_tile`), so the untuned default is a real schedule (`schedule_conv2d`).
+AVX-512, 8 on AVX2, 4 on NEON); RW and V come from the register count, so the untuned default is a
+real schedule (both in kernels/fp32_schedule.py).
 
 A depthwise convolution is the same compute with one input channel per group: its
 input index is the output channel itself, so the RW x V tile reads channel vectors.

@@ -38,8 +38,7 @@ def space_for_kernel(func, target):
     # packed blocks (after fusion they sit among the epilogue's blocks).
     text = func.script(show_meta=False)
     if FP32_BLOCK_NAME in text and target is not None and target.kind.name == "llvm":
-        vector = vector_shape(cpu_features(target), str(target.attrs.get("mtriple", "")))
-        return conv2d_space(vector, int(target.attrs.get("num-cores", 1)))
+        return conv2d_space(target_vector_shape(target), int(target.attrs.get("num-cores", 1)))
     spec = packed_int8_for(target)
     if spec is None or BLOCK_NAME not in text:
         return "post-order-apply"
@@ -55,3 +54,8 @@ def vector_shape(features: set[str], triple: str = "") -> tuple[int, int]:
     if "neon" in features or triple.startswith("aarch64"):
         return 4, 32
     return 4, 16
+
+
+def target_vector_shape(target) -> tuple[int, int]:
+    """vector_shape of a TVM target, from its preset's features (never this machine's)."""
+    return vector_shape(cpu_features(target), str(target.attrs.get("mtriple", "")))

@@ -24,7 +24,7 @@ no better than the random sample (a packed NCHWc convolution is what those need)
 
 from __future__ import annotations
 
-from ..kernels.select import vector_shape  # noqa: F401 - re-exported for the default schedules
+from ..kernels.select import vector_shape  # noqa: F401 - re-exported (tests and the benchmark import it here)
 
 SPATIAL_TILES = 4  # "SSRSRS": spatial axes split in 4, reduction axes in 2
 REDUCTION_TILES = 2

@@ -26,9 +26,9 @@ from .. import _tvm
 from .._tvm import ms, tvm
 from ...errors import BuildError
 from ..kernels import register_intrinsics
-from ..kernels.select import space_for_kernel
+from ..kernels.select import space_for_kernel, target_vector_shape
 from ..kernels.fp32_schedule import packed_conv2d_schedule
-from .analytic import UNROLL_CHOICE, matmul_like, tile_sizes, vector_shape
+from .analytic import UNROLL_CHOICE, matmul_like, tile_sizes
 
 
 # What the manifest calls these steps (they are not TVM passes).
@@ -76,7 +76,7 @@ def _too_small_for_threads(func) -> bool:
 def _cpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed: int) -> tuple[tvm.ir.IRModule, int]:
     register_intrinsics(target.kind.name)
     cores = int(target.attrs.get("num-cores", 1))
-    vector = vector_shape(_tvm.cpu_features(target), str(target.attrs.get("mtriple", "")))
+    vector = target_vector_shape(target)
     updates = {}
     with _tvm.native_stderr_to(None):  # C++ warnings about rules this target lacks
         for gv, func in mod.functions.items():
@@ -114,7 +114,7 @@ def _analytic_tiles(schedule, context, target):
     blocks = _tvm.tiled_blocks(trace)
     if not blocks or not all(matmul_like([n for _, _, n in block]) for block in blocks):
         return None
-    lanes, registers = vector_shape(_tvm.cpu_features(target), str(target.attrs.get("mtriple", "")))
+    lanes, registers = target_vector_shape(target)
     decisions = {}
     for block in blocks:
         sizes = tile_sizes([e for _, e, _ in block], [n for _, _, n in block], lanes, registers)
