@@ -1,11 +1,12 @@
 """Benchmark an artifact against ONNX Runtime: same model, inputs and thread count,
 interleaved in one process after warm-up, so machine noise hits both alike.
 
-Both thread pools are told not to spin-wait between runs. Spinning workers of one
-runtime steal cores from the other when they alternate: on 2 cores, strict alternation
-made TVM 2x slower with ONNX Runtime's default spinning, and ONNX Runtime itself ran
-faster without spinning (light SqueezeNet: 3.6 ms vs 7.4 ms), so this is also the
-peer's best setting here.
+Each runtime keeps its own defaults, as a user gets them: ONNX Runtime's workers spin
+between operators (and ~40 ms past a run), tvmdeploy's loader bounds TVM's spinning to
+the gaps between kernels. Runs alternate in blocks: a pause for the other runtime's
+spinning workers to go to sleep, one untimed run, then `block` timed runs back to back.
+Alternating single runs made each runtime's spinning workers steal a core from the
+other's runs (on 2 cores: TVM 6.6 ms instead of 3.4, ONNX Runtime up to 3x slower).
 
 Reports median and p90 latency of each and the ratio (tvmdeploy / peer; < 1 is faster).
 """
@@ -55,7 +56,7 @@ class BenchReport:
     def table(self) -> str:
         lines = [
             f"{self.model_name} ({self.preset}), {self.threads} thread(s), "
-            f"{len(self.timings[0].seconds)} interleaved runs each after warm-up",
+            f"{len(self.timings[0].seconds)} timed runs each, in interleaved blocks after warm-up",
             f"  {'runtime':<14}{'median ms':>12}{'p90 ms':>12}{'ratio':>10}",
         ]
         for t in self.timings:
@@ -75,11 +76,11 @@ def bench_artifact(
     warmup: int = 5,
     repeat: int = 30,
     seed: int = 0,
+    settle_s: float = 0.1,
+    block: int = 5,
 ) -> BenchReport:
     artifact = Path(artifact)
     threads = threads or _cpu_count()
-    # Read by TVM's thread pool when it starts (the first parallel run).
-    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
     model = load(artifact, threads=threads)
     manifest = model.manifest
     inputs = dict(zip((s.name for s in model.inputs), model.random_inputs(seed)))
@@ -119,12 +120,15 @@ def bench_artifact(
             run()
     seconds = {name: [] for name in runners}
     order = list(runners)
-    for i in range(repeat):
+    for i in range(-(-repeat // block)):
         # Alternate who goes first, so neither always runs with a warmer cache.
         for name in order if i % 2 == 0 else reversed(order):
-            start = time.perf_counter()
+            time.sleep(settle_s)
             runners[name]()
-            seconds[name].append(time.perf_counter() - start)
+            for _ in range(min(block, repeat - i * block)):
+                start = time.perf_counter()
+                runners[name]()
+                seconds[name].append(time.perf_counter() - start)
     curve = [tuple(p) for p in manifest.extra.get("tuning", {}).get("curve", [])]
     return BenchReport(
         artifact=artifact,
@@ -173,7 +177,6 @@ def _onnxruntime_runner(model_path: Path, inputs: dict[str, np.ndarray], threads
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     expected = {i.name for i in session.get_inputs()}

@@ -25,6 +25,7 @@ from .devices import require_cuda
 from ..errors import ArtifactError, InputMismatchError
 from . import schema
 from .artifact_files import ArtifactFolder
+from .thread_pool import configure_thread_pool
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, TensorSpec
 from .schema import MAX_MANIFEST_BYTES
 from .weights_file import read_weights
@@ -144,9 +145,7 @@ class LoadedModel:
                 f"{folder}: needs a {device} device, but none is present (no GPU or no driver); "
                 f"run it on a machine with one"
             )
-        nthreads = manifest.threads if threads is None else threads
-        if nthreads:
-            _set_threads(tvm, nthreads)
+        configure_thread_pool(tvm, manifest.threads if threads is None else threads)
         with contextlib.ExitStack() as stack:
             files = files or stack.enter_context(ArtifactFolder(folder))
             # The library is loaded from a private copy of the bytes that were hashed, the
@@ -292,12 +291,6 @@ def _first_words(e: Exception) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     reason = lines[-1] if lines else type(e).__name__
     return reason.split("Check failed:")[0].rstrip(": ")[:200] or type(e).__name__
-
-
-def _set_threads(tvm, nthreads: int) -> None:
-    config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
-    if config is not None:
-        config(0, int(nthreads))  # 0: big cores first (the default affinity mode)
 
 
 def to_numpy(result) -> list[np.ndarray]:
