@@ -110,3 +110,43 @@ def test_kernels_too_small_for_threads_get_a_single_thread_schedule():
             big += 1
             assert parallel, gv.name_hint
     assert small >= 2 and big >= 1
+
+
+@pytest.mark.parametrize("channels, extent", [(112, 16), (1000, 8), (136, 8), (128, 64), (3, 64), (24, 8)])
+def test_injective_kernels_vectorize_within_a_row(channels, extent):
+    """MetaSchedule vectorizes 64 elements of the fused loops; where 64 does not divide the
+    channels a vector wraps across rows (ShuffleNet's 56x56x112 bias+ReLU: 340 us instead
+    of 19 us). Injective kernels get the largest power of two that divides them."""
+    import tvm
+    from pass_helpers import relax_main
+    from tvm import relax
+
+    from tvmdeploy.compiler.kernels.select import generic_vector_extent
+    from tvmdeploy.compiler.presets import load_preset, resolve_preset
+    from tvmdeploy.compiler.tuning.default_schedule import apply_default_schedules
+
+    shape = (1, 40, 40, channels)  # big enough for the parallel schedule
+    bias = np.random.default_rng(0).standard_normal(channels).astype("float32")
+    mod = relax.transform.LegalizeOps()(relax_main(lambda bb, x: relax.op.nn.relu(bb.emit(relax.op.add(x, relax.const(bias)))), shape))
+    kernels = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert [generic_vector_extent(f) for f in kernels] == [extent] * len(kernels)
+    _, target = resolve_preset(load_preset("host"))
+    scheduled, _ = apply_default_schedules(mod, target)
+    x = np.random.default_rng(1).standard_normal(shape).astype("float32")
+    vm = relax.VirtualMachine(tvm.compile(scheduled, target=target), tvm.cpu())
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), np.maximum(x + bias, 0), rtol=1e-6)
+    texts = [f.script() for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    if extent != 64:
+        assert all(f"T.vectorized(T.int64({extent}))" in t for t in texts)
+
+
+def test_pooling_keeps_metaschedules_vector_extent():
+    import tvm
+    from pass_helpers import relax_main
+    from tvm import relax
+
+    from tvmdeploy.compiler.kernels.select import _reduces
+
+    mod = relax.transform.LegalizeOps()(relax_main(lambda bb, x: relax.op.nn.max_pool2d(x, 3, 2, 1, layout="NHWC"), (1, 20, 20, 24)))
+    (pool,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert _reduces(pool)

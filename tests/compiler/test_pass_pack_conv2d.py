@@ -11,7 +11,14 @@ from pass_helpers import relax_main, verify_pass
 from tvm import relax
 
 from tvmdeploy import compile_model
-from tvmdeploy.compiler.kernels.fp32_packed import CONV_BLOCK, conv2d_nhwc_packed, pack_conv2d_weight
+from tvmdeploy.compiler.kernels.fp32_packed import (
+    CONV_BLOCK,
+    conv2d_nhwc_packed,
+    pack_conv2d_weight,
+    pad_conv2d_weight,
+    padded_channels,
+)
+from tvmdeploy.compiler.presets import load_preset, resolve_preset
 from tvmdeploy.compiler.passes.pack_conv2d import PackConv2dFp32
 from tvmdeploy.runtime import load
 
@@ -57,6 +64,44 @@ def test_regular_and_depthwise_convs_become_packed_kernels():
         return _packed(bb, y, W, 1, 16, (1, 5, 5, 32), strides=(2, 2))
 
     verify_pass(PackConv2dFp32(16), _module(before), _module(expected))
+
+
+W24 = rng.standard_normal((24, 3, 3, 8)).astype("float32")  # 24 channels: computed as 32
+G28 = rng.standard_normal((56, 3, 3, 4)).astype("float32")  # 2 groups of 28: computed as 2 x 32
+
+
+def test_channels_padded_to_whole_vectors_then_sliced_off():
+    def before(bb, x):
+        y = bb.emit(_nhwc_conv(x, W24))
+        return _nhwc_conv(x, G28, groups=2)
+
+    def expected(bb, x):
+        y = bb.emit(_packed(bb, x, pad_conv2d_weight(W24, 1, 32), 1, 16, (1, 10, 10, 32)))
+        y = bb.emit(relax.op.strided_slice(y, axes=[3], begin=[0], end=[24]))
+        z = bb.emit(_packed(bb, x, pad_conv2d_weight(G28, 2, 32), 2, 16, (1, 10, 10, 64)))
+        kept = np.array([*range(28), *range(32, 60)], dtype="int32")
+        return relax.op.take(z, relax.const(kept), axis=3, mode="clip")
+
+    verify_pass(PackConv2dFp32(16), _module(before), _module(expected))
+
+
+@pytest.mark.parametrize("per_group, lanes, computed", [(1000, 16, 1008), (34, 16, 48), (24, 16, 32), (17, 16, 17),
+                                                        (20, 16, 20), (28, 8, 32), (1, 16, 1), (64, 16, 64)])
+def test_padding_only_where_it_adds_at_most_half_the_work(per_group, lanes, computed):
+    assert padded_channels(per_group * 2, 2, lanes) == computed
+
+
+@pytest.mark.parametrize("weight, groups", [(W24, 1), (G28, 2)], ids=["24-channels", "2x28-grouped"])
+def test_padded_kernels_compute_the_same_numbers(weight, groups):
+    _, target = resolve_preset(load_preset("host"))
+    mod = _module(lambda bb, x: relax.op.nn.relu(bb.emit(_nhwc_conv(x, weight, groups=groups))))
+    x = rng.standard_normal(SHAPE).astype("float32")
+    outs = []
+    for m in (mod, PackConv2dFp32(16)(mod)):
+        vm = relax.VirtualMachine(tvm.compile(m, target=target), tvm.cpu())
+        outs.append(vm["main"](tvm.runtime.tensor(x)).numpy())
+    assert outs[1].shape == (1, 10, 10, weight.shape[0])
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4)
 
 
 def test_avx2_lanes_pack_by_eight():

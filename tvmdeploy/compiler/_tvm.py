@@ -249,20 +249,25 @@ def replay_with_decisions(mod, trace, decisions: dict):
     return schedule
 
 
-def serial_cpu_space():
-    """MetaSchedule's default llvm design space, with no parallel loops: its
-    ParallelizeVectorizeUnroll rule (TVM's DefaultLLVM settings) with parallelism off.
-    (A target with num-cores 1 is not enough: the rule still parallelizes up to
-    num-cores x 16 jobs.)"""
+def cpu_space(max_vectorize_extent: int = 64, parallel: bool = True):
+    """MetaSchedule's default llvm design space (TVM's DefaultLLVM rules) with its
+    ParallelizeVectorizeUnroll rule given this vector extent and, for parallel=False, no
+    parallel loops (a target with num-cores 1 is not enough: the rule still parallelizes
+    up to num-cores x 16 jobs)."""
     rules = [
         ms.schedule_rule.ParallelizeVectorizeUnroll(
-            max_jobs_per_core=-1, max_vectorize_extent=64, unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True
+            max_jobs_per_core=16 if parallel else -1, max_vectorize_extent=int(max_vectorize_extent),
+            unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True,
         )
         if isinstance(rule, ms.schedule_rule.ParallelizeVectorizeUnroll)
         else rule
         for rule in ms.ScheduleRule.create("llvm")
     ]
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs="llvm", mutator_probs="llvm")
+
+
+def serial_cpu_space(max_vectorize_extent: int = 64):
+    return cpu_space(max_vectorize_extent, parallel=False)
 
 
 @tvm.ir.utils.derived_object
@@ -444,6 +449,7 @@ __all__ = [
     "COMPUTE_AT_ROOT",
     "tiled_blocks",
     "unroll_choices",
+    "cpu_space",
     "serial_cpu_space",
     "DeadlineSearch",
     "METASCHEDULE_LOGGER",

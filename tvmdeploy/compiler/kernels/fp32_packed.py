@@ -17,9 +17,10 @@ real schedule (both in kernels/fp32_schedule.py).
 
 A depthwise convolution is the same compute with one input channel per group: its
 input index is the output channel itself, so the RW x V tile reads channel vectors.
-Output channel counts that are not a multiple of L use the largest divisor of the
-channels per group that fits a vector (the weight is laid out for it), so a vector
-never straddles two groups.
+Output channel counts that are not a multiple of L are padded per group to one (zero
+weights; the graph slices the extra channels off, kernels/fp32_packed.padded_channels)
+where that adds at most half the work, else they use the largest divisor of the channels
+per group that fits a vector; either way a vector never straddles two groups.
 """
 
 from __future__ import annotations
@@ -46,6 +47,31 @@ def conv_lanes(out_channels: int, groups: int, vector_lanes: int) -> int:
     per_group = out_channels // groups
     # Depthwise (one output channel per group): lanes span groups, which is what we want.
     return lanes_for(out_channels, vector_lanes) if per_group == 1 else lanes_for(per_group, vector_lanes)
+
+
+# Most extra work padding a group's output channels to whole vectors may add: ShuffleNet's
+# 34 channels per group -> 48 (1.41x the FLOPs) run at 16 lanes instead of 2.
+MAX_PADDED_WORK = 1.5
+
+
+def padded_channels(out_channels: int, groups: int, vector_lanes: int) -> int:
+    """Output channels per group the kernel computes: the channels per group rounded up
+    to whole vectors where that adds at most MAX_PADDED_WORK, else unchanged (depthwise
+    convolutions' vectors span groups and are never padded)."""
+    per_group = out_channels // groups
+    if per_group == 1 or per_group % vector_lanes == 0:
+        return per_group
+    padded = -(-per_group // vector_lanes) * vector_lanes
+    return padded if padded <= MAX_PADDED_WORK * per_group else per_group
+
+
+def pad_conv2d_weight(w_ohwi: np.ndarray, groups: int, per_group: int) -> np.ndarray:
+    """[OC, KH, KW, IC/groups] -> [groups * per_group, ...], each group's rows zero-padded."""
+    oc, kh, kw, icg = w_ohwi.shape
+    grouped = w_ohwi.reshape(groups, oc // groups, kh, kw, icg)
+    padded = np.zeros((groups, per_group, kh, kw, icg), dtype=w_ohwi.dtype)
+    padded[:, : oc // groups] = grouped
+    return padded.reshape(groups * per_group, kh, kw, icg)
 
 
 def pack_conv2d_weight(w_ohwi: np.ndarray, lanes: int) -> np.ndarray:

@@ -8,13 +8,18 @@ graph moved to NHWC it reads
     permute(NCHW->NHWC)
 
 three full transposes of the tensor in one gather kernel (a sixth of light ShuffleNet's
-time). The same shuffle on the NHWC tensor touches only the channel axis:
+time). The same shuffle on the NHWC tensor touches only the channel axis, as a gather of
+channels by a constant index (output channel i*G + g reads channel g*C/G + i):
 
-    reshape x [N,H,W,G,C/G], permute(0,1,2,4,3), reshape [N,H,W,C]
+    take(x, [0, C/G, 2C/G, ..., 1, C/G + 1, ...], axis=C)
+
+(as reshape/permute/reshape on NHWC its indices went through div/mod chains of the whole
+flattened tensor, and a 56x56x112 shuffle took 300 us; the gather takes 6-10 us.)
 """
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import IRModule, relax
 from tvm.ir.transform import PassContext
 from tvm.relax.dpl import is_op, rewrite_call, wildcard
@@ -56,8 +61,7 @@ class ChannelShuffleNHWC:
             ):
                 return expr
             groups, per_group = grouped[1], grouped[2]
-            y = relax.op.reshape(m[x], [n, h, w, groups, per_group])
-            y = relax.op.permute_dims(y, [0, 1, 2, 4, 3])
-            return relax.op.reshape(y, [n, h, w, c])
+            source = np.array([g * per_group + i for i in range(per_group) for g in range(groups)], dtype="int32")
+            return relax.op.take(m[x], relax.const(source), axis=3, mode="clip")
 
         return rewrite_call(pattern, rewrite, func)

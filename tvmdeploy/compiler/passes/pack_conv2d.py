@@ -4,7 +4,15 @@
 
 The weight is packed once here ([OC/L, KH, KW, IC/groups, L], kernels/fp32_packed.py),
 so the artifact stores it in the layout the kernel reads; FuseOps then fuses the bias,
-activation and residual add after it like any conv. Convolutions in another layout,
+activation and residual add after it like any conv. Where a group's output channels are
+padded to whole vectors (SqueezeNet's 1000 classes, ShuffleNet's 34 channels per group),
+the kernel computes the padded channels and a slice drops them:
+
+    conv2d(x, W)  ->  strided_slice(call_tir(packed, [x, pack(pad(W))]), axis C)           groups == 1
+                  ->  reshape(strided_slice(reshape(call_tir(...), [N,H,W,G,Cp]), :C/G), [N,H,W,C])
+
+the slice then fuses with what follows (bias, activation, a channel shuffle) into one
+injective kernel. Convolutions in another layout,
 dtype, or with a weight computed at run time are left as they are.
 """
 
@@ -18,7 +26,14 @@ from tvm.ir.transform import PassContext, module_pass
 from .._tvm import RelaxConstant
 from ..analysis.channels import static_shape
 from ..analysis.layer_calls import is_primitive
-from ..kernels.fp32_packed import CONV_BLOCK, conv2d_nhwc_packed, conv_lanes, pack_conv2d_weight
+from ..kernels.fp32_packed import (
+    CONV_BLOCK,
+    conv2d_nhwc_packed,
+    conv_lanes,
+    pack_conv2d_weight,
+    pad_conv2d_weight,
+    padded_channels,
+)
 from .carry import carries_errors
 
 CONV2D = Op.get("relax.nn.conv2d")
@@ -85,11 +100,13 @@ class PackConv2dFp32:
 def packed_call(builder: relax.BlockBuilder, call: relax.Call, vector_lanes: int) -> relax.Expr:
     a = call.attrs
     data, weight = call.args
-    w = weight.value.numpy()
-    groups = int(a.groups)
+    w = np.ascontiguousarray(weight.value.numpy(), dtype=np.float32)
+    groups, out_channels = int(a.groups), w.shape[0]
     out_shape = static_shape(call)
-    lanes = conv_lanes(w.shape[0], groups, vector_lanes)
-    packed = pack_conv2d_weight(np.ascontiguousarray(w, dtype=np.float32), lanes)
+    per_group = padded_channels(out_channels, groups, vector_lanes)
+    if per_group != out_channels // groups:
+        w = pad_conv2d_weight(w, groups, per_group)
+    packed = pack_conv2d_weight(w, conv_lanes(w.shape[0], groups, vector_lanes))
     kernel = conv2d_nhwc_packed(
         static_shape(data), packed.shape, w.shape[0], groups, [int(v) for v in a.strides],
         [int(p) for p in a.padding], [int(v) for v in a.dilation],
@@ -97,4 +114,16 @@ def packed_call(builder: relax.BlockBuilder, call: relax.Call, vector_lanes: int
     gv = builder.add_func(kernel, CONV_BLOCK)
     # te.create_prim_func names every kernel "main": one left unfused keeps its own symbol.
     builder.update_func(gv, kernel.with_attr("global_symbol", gv.name_hint))
-    return relax.call_tir(gv, relax.Tuple([data, relax.const(packed)]), relax.TensorType(out_shape, "float32"))
+    computed = [*out_shape[:3], w.shape[0]]
+    result = relax.call_tir(gv, relax.Tuple([data, relax.const(packed)]), relax.TensorType(computed, "float32"))
+    if w.shape[0] == out_channels:
+        return result
+    return _drop_padded_channels(builder, result, computed, groups, out_channels // groups)
+
+
+def _drop_padded_channels(builder, result, computed, groups: int, per_group: int) -> relax.Expr:
+    padded = computed[3] // groups
+    if groups == 1:
+        return relax.op.strided_slice(result, axes=[3], begin=[0], end=[per_group])
+    kept = np.array([g * padded + i for g in range(groups) for i in range(per_group)], dtype="int32")
+    return relax.op.take(result, relax.const(kept), axis=3, mode="clip")

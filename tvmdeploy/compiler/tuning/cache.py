@@ -47,7 +47,10 @@ from .records import RecordSet, read_database, write_database
 # records are never applied to kernels they were not tuned for.
 #   1: initial
 #   2: weight buffers marked layout-free (RewriteLayout repacks weights; issue 12)
-CACHE_LAYOUT_VERSION = 2
+#   3: packed fp32 convs with channels padded to whole vectors, and injective kernels'
+#      space vectorizing within a row: a record of a v2 injective kernel replays
+#      MetaSchedule's wrapping 64-wide vectors (up to 18x slower than the new default)
+CACHE_LAYOUT_VERSION = 3
 LOCK_TIMEOUT_S = float(os.environ.get("TVMDEPLOY_LOCK_TIMEOUT_S", 600))
 _log = logging.getLogger("tvmdeploy.tuning")
 

@@ -26,7 +26,7 @@ from .. import _tvm
 from .._tvm import ms, tvm
 from ...errors import BuildError
 from ..kernels import register_intrinsics
-from ..kernels.select import space_for_kernel, target_vector_shape
+from ..kernels.select import packed_space, space_for_kernel, target_vector_shape
 from ..kernels.fp32_schedule import packed_conv2d_schedule
 from .analytic import UNROLL_CHOICE, matmul_like, tile_sizes
 
@@ -101,9 +101,9 @@ def _cpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed
 def _serial_sample(func, target, seed: int):
     """A single-thread schedule for a small kernel (None: a tensorized kernel, which keeps
     its own design space, or a sample that failed)."""
-    if space_for_kernel(func, target) != "post-order-apply":
+    if packed_space(func, target) is not None:
         return None
-    return _design_space_sample(func, target, 1, seed, _tvm.serial_cpu_space(), analytic=True)
+    return _design_space_sample(func, target, 1, seed, space_for_kernel(func, target, parallel=False), analytic=True)
 
 
 def _analytic_tiles(schedule, context, target):
@@ -174,9 +174,8 @@ def _is_scheduled(func) -> bool:
 
 
 def _first_design_space_sample(func, target, cores: int, seed: int):
-    space = space_for_kernel(func, target)
-    if space == "post-order-apply":
-        return _design_space_sample(func, target, cores, seed, space, analytic=True)
+    if packed_space(func, target) is None:
+        return _design_space_sample(func, target, cores, seed, space_for_kernel(func, target), analytic=True)
     # A tensorized (int8) kernel: some samples vectorize the loop around the intrinsic,
     # which codegen rejects ("Cannot broadcast lanes=16 to 32"); tuning discards those,
     # here the first sample that builds is taken.
