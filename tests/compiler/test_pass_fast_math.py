@@ -9,6 +9,7 @@ import tvm
 from pass_helpers import relax_main, verify_pass
 from tvm import relax, topi
 
+from tvmdeploy.compiler.kernels.softmax_rows import softmax_rows
 from tvmdeploy.compiler.passes.fast_math import FastMath
 from tvmdeploy.compiler.presets import load_preset, resolve_preset
 
@@ -18,13 +19,16 @@ def test_exp_erf_tanh_softmax_become_polynomial_kernels():
         y = bb.emit(relax.op.exp(x))
         y = bb.emit(relax.op.erf(y))
         y = bb.emit(relax.op.tanh(y))
-        return bb.emit(relax.op.nn.softmax(y, axis=-1))
+        y = bb.emit(relax.op.nn.softmax(y, axis=-1))
+        return bb.emit(relax.op.nn.softmax(y, axis=0))
 
     def expected(bb, x):
         y = bb.emit(bb.call_te(topi.fast_exp, x))
         y = bb.emit(bb.call_te(topi.fast_erf, y))
         y = bb.emit(bb.call_te(topi.fast_tanh, y))
-        return bb.emit(bb.call_te(topi.nn.fast_softmax, y, -1))
+        # Over the last axis: the row softmax (kernels/softmax_rows.py); else TVM's.
+        y = bb.emit(bb.call_te(softmax_rows, y, primfunc_name_hint="softmax_rows"))
+        return bb.emit(bb.call_te(topi.nn.fast_softmax, y, 0))
 
     verify_pass(FastMath(), relax_main(before), relax_main(expected))
 

@@ -1,4 +1,5 @@
-"""FastMath: exp / erf / tanh / softmax -> TVM's polynomial forms (topi.fast_*).
+"""FastMath: exp / erf / tanh / softmax -> TVM's polynomial forms (topi.fast_*; a
+softmax over the last axis -> kernels/softmax_rows.py, built on topi.fast_exp).
 
 LLVM has no vector math library in TVM's CPU codegen, so exact exp/erf/tanh run as one
 scalar libm call per element: a BERT layer's GELU matmul took 7 ms of 14 that way. TVM's
@@ -18,14 +19,21 @@ from tvm.ir import Op
 from tvm.ir.transform import PassContext, module_pass
 
 from ..analysis.layer_calls import is_primitive
+from ..kernels.softmax_rows import softmax_rows
 from .carry import carries_errors
 
 FAST = {
     "relax.exp": lambda bb, call: bb.call_te(topi.fast_exp, call.args[0]),
     "relax.erf": lambda bb, call: bb.call_te(topi.fast_erf, call.args[0]),
     "relax.tanh": lambda bb, call: bb.call_te(topi.fast_tanh, call.args[0]),
-    "relax.nn.softmax": lambda bb, call: bb.call_te(topi.nn.fast_softmax, call.args[0], call.attrs.axis),
+    "relax.nn.softmax": lambda bb, call: _softmax(bb, call.args[0], int(call.attrs.axis)),
 }
+
+
+def _softmax(bb, x, axis: int):
+    if axis in (-1, len(x.ty.shape) - 1):
+        return bb.call_te(softmax_rows, x, primfunc_name_hint="softmax_rows")
+    return bb.call_te(topi.nn.fast_softmax, x, axis)
 
 
 @module_pass(opt_level=0, name="FastMath")
