@@ -11,7 +11,7 @@ from pass_helpers import relax_main
 from tvm import relax
 
 from tvmdeploy.compiler.kernels.select import space_for_kernel
-from tvmdeploy.compiler.kernels.softmax_rows import row_lanes
+from tvmdeploy.compiler.kernels.rows import row_lanes
 from tvmdeploy.compiler.passes.fast_math import FastMath
 from tvmdeploy.compiler.presets import load_preset, resolve_preset
 from tvmdeploy.compiler.tuning.default_schedule import apply_default_schedules

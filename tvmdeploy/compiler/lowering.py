@@ -31,6 +31,7 @@ from .kernels.fp32_packed import BLOCK_NAME as FP32_PACKED
 from .kernels.select import target_vector_shape
 from .passes.channel_shuffle import ChannelShuffleNHWC
 from .passes.fast_math import FastMath
+from .passes.layer_norm_rows import LayerNormRows
 from .passes.pack_conv2d import PackConv2dFp32, count_packable
 from ..errors import BuildError
 from .reports import LoweringReport, PassLog
@@ -58,7 +59,8 @@ def lower(mod: tvm.ir.IRModule, target: tvm.target.Target | None = None) -> tupl
     ran = PassLog()
     mod, packed = pack_for_target(mod, target, ran)
     if target is not None and target.kind.name == "llvm":
-        mod = ran.run_all((FastMath,), mod, "lowering")  # vectorizable exp/erf/tanh (passes/fast_math.py)
+        # Vectorizable exp/erf/tanh/softmax (passes/fast_math.py), LayerNorm as a row kernel.
+        mod = ran.run_all((FastMath, LayerNormRows), mod, "lowering")
     mod = ran.run_all(LOWERING_PASSES, mod, "lowering")
     mod = _only_constants_layout_free(mod)
     kernels = sum(1 for _, func in mod.functions_items() if isinstance(func, _tvm.PrimFunc))

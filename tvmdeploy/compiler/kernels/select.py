@@ -14,6 +14,7 @@ from .._tvm import cpu_features
 from .fp32_packed import BLOCK_NAME as FP32_BLOCK_NAME
 from .fp32_schedule import conv2d_space
 from .int8_packed import BLOCK_NAME, PackedInt8
+from .layer_norm_rows import BLOCK_NAME as LAYER_NORM_BLOCK_NAME, layer_norm_rows_space
 from .softmax_rows import BLOCK_NAME as SOFTMAX_BLOCK_NAME, softmax_rows_space
 from .x86_intrin import int8_intrinsic_for, int8_space_generator, saturates_int16
 
@@ -47,7 +48,8 @@ def space_for_kernel(func, target, parallel: bool = True):
 
 
 def packed_space(func, target):
-    """The space of a packed fp32 or int8 kernel or a row softmax; None for any other kernel."""
+    """The space of a packed fp32 or int8 kernel or a row kernel (softmax, LayerNorm);
+    None for any other kernel."""
     # TVM 0.27 exposes no TIR visitor to Python: the printed kernel is searched for the
     # packed blocks (after fusion they sit among the epilogue's blocks).
     text = func.script(show_meta=False)
@@ -57,6 +59,8 @@ def packed_space(func, target):
             return conv2d_space(vector, cores)
         if SOFTMAX_BLOCK_NAME in text:
             return softmax_rows_space(vector[0], cores)
+        if LAYER_NORM_BLOCK_NAME in text:
+            return layer_norm_rows_space(vector[0], cores)
     spec = packed_int8_for(target)
     if spec is None or BLOCK_NAME not in text:
         return None

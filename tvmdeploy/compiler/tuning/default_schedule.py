@@ -28,6 +28,7 @@ from ...errors import BuildError
 from ..kernels import register_intrinsics
 from ..kernels.select import packed_space, space_for_kernel, target_vector_shape
 from ..kernels.fp32_schedule import packed_conv2d_schedule
+from ..kernels.layer_norm_rows import layer_norm_rows_schedule
 from ..kernels.softmax_rows import softmax_rows_schedule
 from .analytic import UNROLL_CHOICE, matmul_like, tile_sizes
 
@@ -85,7 +86,11 @@ def _cpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed
                 continue
             serial = cores > 1 and _too_small_for_threads(func)
             threads = 1 if serial else cores
-            scheduled = packed_conv2d_schedule(func, vector, threads) or softmax_rows_schedule(func, vector[0], threads)
+            scheduled = (
+                packed_conv2d_schedule(func, vector, threads)
+                or softmax_rows_schedule(func, vector[0], threads)
+                or layer_norm_rows_schedule(func, vector[0], threads)
+            )
             if scheduled is None and serial:
                 scheduled = _serial_sample(func, target, seed)
             if scheduled is None:
