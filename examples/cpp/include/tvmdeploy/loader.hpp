@@ -20,6 +20,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -46,6 +47,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #ifdef TVMDEPLOY_WITH_OPENSSL
@@ -295,6 +297,32 @@ inline std::set<std::string> CpuFlags(bool* known) {
   return {};
 }
 
+// Cores (not hyperthreads) among the CPUs this process may run on.
+inline int PhysicalCores() {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return std::max(1u, std::thread::hardware_concurrency());
+  std::set<std::string> cores;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &allowed)) continue;
+    std::string topology = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/";
+    std::ifstream package(topology + "physical_package_id"), core(topology + "core_id");
+    std::string p, c;
+    cores.insert(package >> p && core >> c ? p + ":" + c : std::to_string(cpu));
+  }
+  return std::max<int>(1, static_cast<int>(cores.size()));
+}
+
+// TVM sizes its worker pool once, when it starts, from TVM_NUM_THREADS, else from half the
+// logical CPUs (on a 2-vCPU machine: one worker, which config_threadpool cannot add to, and
+// the caller pinned to CPU 0). Its workers spin 300000 sched_yield rounds after each kernel
+// (~70 ms of a core after every run); 1000 cover the gaps between a model's kernels. The
+// same as the Python loader (runtime/thread_pool.py); values the user set win.
+inline void SizeThreadPool(int64_t threads) {
+  setenv("TVM_NUM_THREADS", std::to_string(std::max<int64_t>(threads, PhysicalCores())).c_str(), 0);
+  setenv("TVM_THREAD_POOL_SPIN_COUNT", "1000", 0);
+}
+
 }  // namespace detail
 
 struct TensorSpec {
@@ -516,6 +544,7 @@ class Model {
     VerifyFiles(folder, manifest);
     CheckMachine(folder, manifest);
     int64_t threads = options.threads >= 0 ? options.threads : manifest.threads;
+    detail::SizeThreadPool(threads);  // before TVM's pool starts
     if (threads > 0) {
       if (auto config = tvm::ffi::Function::GetGlobal("runtime.config_threadpool")) (*config)(0, threads);
     }
