@@ -67,13 +67,28 @@ def _ort_int8(onnx_path: Path, calibration: Path, name: str, out: Path, activati
 
     prepared = out / "prepared.onnx"
     if not prepared.exists():
-        quant_pre_process(str(onnx_path), str(prepared))
+        quant_pre_process(str(_opset13(onnx_path, out)), str(prepared))
     path = out / f"ort_{activations}.onnx"
     quantize_static(
         str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8, weight_type=QuantType.QInt8,
     )
     return path
+
+
+def _opset13(onnx_path: Path, out: Path) -> Path:
+    """The model at opset 13 or later: ONNX Runtime cannot load its own quantize_static
+    output for an opset-9 model (DequantizeLinear with an int32 zero point)."""
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(onnx_path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset >= 13:
+        return onnx_path
+    converted = out / f"{onnx_path.stem}-opset13.onnx"
+    onnx.save(version_converter.convert_version(model, 13), str(converted))
+    return converted
 
 
 def main() -> None:

@@ -145,8 +145,8 @@ def test_pooling_keeps_metaschedules_vector_extent():
     from pass_helpers import relax_main
     from tvm import relax
 
-    from tvmdeploy.compiler.kernels.select import _reduces
+    from tvmdeploy.compiler.kernels.channel_reduce import has_reduction
 
     mod = relax.transform.LegalizeOps()(relax_main(lambda bb, x: relax.op.nn.max_pool2d(x, 3, 2, 1, layout="NHWC"), (1, 20, 20, 24)))
     (pool,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-    assert _reduces(pool)
+    assert has_reduction(pool)

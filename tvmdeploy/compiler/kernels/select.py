@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .. import _tvm
 from .._tvm import cpu_features
+from .channel_reduce import channel_reduce_schedule, channel_reduce_space, has_reduction
 from .fp32_packed import BLOCK_NAME as FP32_BLOCK_NAME
 from .fp32_schedule import conv2d_space
 from .int8_packed import BLOCK_NAME, PackedInt8
@@ -41,15 +42,17 @@ def space_for_kernel(func, target, parallel: bool = True):
     packed = packed_space(func, target)
     if packed is not None:
         return packed
-    extent = generic_vector_extent(func) if not _reduces(func) else DEFAULT_VECTOR_EXTENT
+    # Reductions keep MetaSchedule's extent (pooling measured slower with a narrower one; the
+    # channel-keeping ones have their own schedule, kernels/channel_reduce.py).
+    extent = generic_vector_extent(func) if not has_reduction(func) else DEFAULT_VECTOR_EXTENT
     if parallel and extent == DEFAULT_VECTOR_EXTENT:
         return "post-order-apply"
     return _tvm.cpu_space(extent, parallel)
 
 
 def packed_space(func, target):
-    """The space of a packed fp32 or int8 kernel or a row kernel (softmax, LayerNorm);
-    None for any other kernel."""
+    """The space of a packed fp32 or int8 kernel, a row kernel (softmax, LayerNorm) or a
+    channel-keeping reduction (pooling); None for any other kernel."""
     # TVM 0.27 exposes no TIR visitor to Python: the printed kernel is searched for the
     # packed blocks (after fusion they sit among the epilogue's blocks).
     text = func.script(show_meta=False)
@@ -61,6 +64,8 @@ def packed_space(func, target):
             return softmax_rows_space(vector[0], cores)
         if LAYER_NORM_BLOCK_NAME in text:
             return layer_norm_rows_space(vector[0], cores)
+        if channel_reduce_schedule(func, vector[0], cores) is not None:
+            return channel_reduce_space(vector[0], cores)
     spec = packed_int8_for(target)
     if spec is None or BLOCK_NAME not in text:
         return None
@@ -72,15 +77,6 @@ def packed_space(func, target):
 # a vector wraps across rows: every lane's indices become div/mod chains and the loads
 # gathers (light ShuffleNet's bias+ReLU on 56x56x112: 340 us, against 19 us with 16).
 DEFAULT_VECTOR_EXTENT = 64
-
-
-def _reduces(func) -> bool:
-    """Whether any block of the kernel has a reduction axis. Pooling measured slower with
-    the narrower extent (light ShuffleNet's 3x3 max pool over 24 channels: 224 us against
-    58 us), so only injective kernels get it."""
-    text = func.script(show_meta=False)
-    return "T.axis.reduce" in text or any('T.axis.remap("' in line and "R" in line.split('T.axis.remap("')[1].split('"')[0]
-                                          for line in text.splitlines())
 
 
 def generic_vector_extent(func) -> int:

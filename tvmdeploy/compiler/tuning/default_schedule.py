@@ -27,6 +27,7 @@ from .._tvm import ms, tvm
 from ...errors import BuildError
 from ..kernels import register_intrinsics
 from ..kernels.select import packed_space, space_for_kernel, target_vector_shape
+from ..kernels.channel_reduce import channel_reduce_schedule
 from ..kernels.fp32_schedule import packed_conv2d_schedule
 from ..kernels.layer_norm_rows import layer_norm_rows_schedule
 from ..kernels.softmax_rows import softmax_rows_schedule
@@ -90,6 +91,7 @@ def _cpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed
                 packed_conv2d_schedule(func, vector, threads)
                 or softmax_rows_schedule(func, vector[0], threads)
                 or layer_norm_rows_schedule(func, vector[0], threads)
+                or channel_reduce_schedule(func, vector[0], threads)
             )
             if scheduled is None and serial:
                 scheduled = _serial_sample(func, target, seed)
