@@ -15,6 +15,7 @@ import io
 import json
 import os
 import platform
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -160,6 +161,11 @@ class LoadedModel:
         # expanded once here and passed after the inputs on every call.
         self._weights = [tvm.runtime.tensor(a, self._device) for a in weights]
         self._host_inputs = HostInputs(tvm, self._device, self.inputs)
+        # The Relax VM is not re-entrant: two calls at once on one VM share its frames and
+        # storage (4 threads on one digits model: a segfault in StorageObj::AllocTensor).
+        # Calls on one model take turns; load the artifact once per thread to run several
+        # inferences at the same time.
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         ins = ", ".join(s.describe() for s in self.inputs)
@@ -169,7 +175,8 @@ class LoadedModel:
     def __call__(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
         """Run once. Inputs positionally in manifest order, or by input name."""
         arrays = self._bind_inputs(args, kwargs)
-        return to_numpy(self._run(*self._host_inputs.tensors(arrays), *self._weights))
+        with self._lock:  # outputs live in the VM's storage until the next call: copied inside
+            return to_numpy(self._run(*self._host_inputs.tensors(arrays), *self._weights))
 
     def _run(self, *tensors):
         try:
@@ -226,15 +233,16 @@ class LoadedModel:
         """Wall-clock seconds of `repeat` runs after `warmup` runs, inputs already on the device."""
         tensors = [self._tvm.runtime.tensor(a, self._device) for a in self._bind_inputs(inputs, {})]
         tensors += self._weights
-        for _ in range(warmup):
-            self._run(*tensors)
-        self._device.sync()
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            self._main(*tensors)
+        with self._lock:
+            for _ in range(warmup):
+                self._run(*tensors)
             self._device.sync()
-            times.append(time.perf_counter() - start)
+            times = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                self._main(*tensors)
+                self._device.sync()
+                times.append(time.perf_counter() - start)
         return times
 
 

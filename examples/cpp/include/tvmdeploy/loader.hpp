@@ -43,6 +43,8 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -594,10 +596,13 @@ class Model {
       args.emplace_back(std::move(t));
     }
     std::vector<tvm::ffi::AnyView> views(args.begin(), args.end());
+    // The Relax VM is not re-entrant (two calls at once share its frames and storage):
+    // calls on one Model take turns; load one Model per thread to run them in parallel.
+    std::lock_guard<std::mutex> turn(*turn_);
     tvm::ffi::Any result;
     main_.CallPacked(views.data(), static_cast<int32_t>(views.size()), &result);
     std::vector<HostTensor> outputs;
-    Collect(result, &outputs);
+    Collect(result, &outputs);  // copies out of the VM's storage, which the next call reuses
     return outputs;
   }
 
@@ -645,6 +650,7 @@ class Model {
   Manifest manifest_;
   tvm::ffi::Module vm_;
   tvm::ffi::Function main_;
+  std::shared_ptr<std::mutex> turn_ = std::make_shared<std::mutex>();  // shared_ptr: Model stays movable
 };
 
 }  // namespace tvmdeploy
