@@ -14,12 +14,12 @@ every int8 model has such calls); this one rewrites only op calls and leaves fus
 
 from __future__ import annotations
 
-from tvm import IRModule, relax, topi
+from tvm import IRModule, topi
 from tvm.ir import Op
 from tvm.ir.transform import PassContext, module_pass
 
-from ..analysis.layer_calls import is_primitive
 from ..kernels.softmax_rows import softmax_rows
+from .call_rewrite import rewrite_calls
 from .carry import carries_errors
 
 FAST = {
@@ -40,17 +40,11 @@ def _softmax(bb, x, axis: int):
 class FastMath:
     @carries_errors
     def transform_module(self, mod: IRModule, ctx: PassContext) -> IRModule:
-        @relax.expr_functor.mutator
-        class Rewriter(relax.PyExprMutator):
-            def visit_call_(self, call):
-                call = super().visit_call_(call)
-                fast = FAST.get(call.op.name) if isinstance(call.op, Op) else None
-                if fast is None or call.args[0].ty.dtype != "float32":
-                    return call
-                return fast(self.builder_, call)
+        return rewrite_calls(mod, _fast_form)
 
-        rewriter = Rewriter(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function) and not is_primitive(func):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+
+def _fast_form(bb, call):
+    fast = FAST.get(call.op.name) if isinstance(call.op, Op) else None
+    if fast is None or call.args[0].ty.dtype != "float32":
+        return None
+    return fast(bb, call)

@@ -14,8 +14,8 @@ from tvm.ir import Op
 from tvm.ir.transform import PassContext, module_pass
 
 from ..analysis.channels import static_shape
-from ..analysis.layer_calls import is_primitive
 from ..kernels.layer_norm_rows import BLOCK_NAME, layer_norm_rows
+from .call_rewrite import rewrite_calls
 from .carry import carries_errors
 
 LAYER_NORM = Op.get("relax.nn.layer_norm")
@@ -41,19 +41,11 @@ def row_layer_norm(call) -> bool:
 class LayerNormRows:
     @carries_errors
     def transform_module(self, mod: IRModule, ctx: PassContext) -> IRModule:
-        @relax.expr_functor.mutator
-        class Rewriter(relax.PyExprMutator):
-            def visit_call_(self, call):
-                call = super().visit_call_(call)
-                if not row_layer_norm(call):
-                    return call
-                data, gamma, beta = call.args
-                return self.builder_.call_te(
-                    layer_norm_rows, data, gamma, beta, float(call.attrs.epsilon), primfunc_name_hint=BLOCK_NAME
-                )
+        return rewrite_calls(mod, _row_kernel)
 
-        rewriter = Rewriter(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function) and not is_primitive(func):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+
+def _row_kernel(bb, call):
+    if not row_layer_norm(call):
+        return None
+    data, gamma, beta = call.args
+    return bb.call_te(layer_norm_rows, data, gamma, beta, float(call.attrs.epsilon), primfunc_name_hint=BLOCK_NAME)

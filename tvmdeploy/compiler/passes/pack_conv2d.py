@@ -34,6 +34,7 @@ from ..kernels.fp32_packed import (
     pad_conv2d_weight,
     padded_channels,
 )
+from .call_rewrite import rewrite_calls
 from .carry import carries_errors
 
 CONV2D = Op.get("relax.nn.conv2d")
@@ -81,20 +82,8 @@ class PackConv2dFp32:
     @carries_errors
     def transform_module(self, mod: IRModule, ctx: PassContext) -> IRModule:
         lanes = self.vector_lanes
-
-        @relax.expr_functor.mutator
-        class Rewriter(relax.PyExprMutator):
-            def visit_call_(self, call):
-                call = super().visit_call_(call)
-                if not packable_conv2d(call):
-                    return call
-                return packed_call(self.builder_, call, lanes)
-
-        rewriter = Rewriter(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function) and not is_primitive(func):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return relax.transform.Normalize()(rewriter.builder_.get())
+        packed = rewrite_calls(mod, lambda bb, call: packed_call(bb, call, lanes) if packable_conv2d(call) else None)
+        return relax.transform.Normalize()(packed)
 
 
 def packed_call(builder: relax.BlockBuilder, call: relax.Call, vector_lanes: int) -> relax.Expr:

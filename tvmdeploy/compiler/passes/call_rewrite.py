@@ -1,0 +1,27 @@
+"""The module-wide call rewriter the op-replacing passes share (FastMath, LayerNormRows,
+PackConv2dFp32): each call, visited bottom-up in every Relax function that is not a fused
+kernel, replaced by what `rewrite(builder, call)` returns (None: left as it is). The
+builder lets a rewrite add kernels (call_te, add_func) to the module."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from tvm import IRModule, relax
+
+from ..analysis.layer_calls import is_primitive
+
+
+def rewrite_calls(mod: IRModule, rewrite: Callable[[relax.BlockBuilder, relax.Call], "relax.Expr | None"]) -> IRModule:
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            replaced = rewrite(self.builder_, call)
+            return call if replaced is None else replaced
+
+    rewriter = Rewriter(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function) and not is_primitive(func):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return rewriter.builder_.get()
