@@ -196,7 +196,6 @@ def kernel_table(artifact: Path, onnx_path: Path, target_name: str, cache_dir: P
     import tvm
 
     from tvmdeploy.compiler import _tvm
-    from tvmdeploy.runtime.loader import read_manifest
 
     scheduled, target = scheduled_module(onnx_path, target_name, cache_dir)
     calls: dict[str, int] = {}
@@ -207,22 +206,23 @@ def kernel_table(artifact: Path, onnx_path: Path, target_name: str, cache_dir: P
             calls[name] = calls.get(name, 0) + 1
 
     tvm.relax.analysis.post_order_visit(scheduled["main"].body, visit)
-    manifest = read_manifest(artifact)
-    library = tvm.runtime.load_module(str(artifact / manifest.library))
+    # The kernels built here from the re-derived schedules (the same records and defaults
+    # the artifact used): an artifact's library names its kernels after its own lowering,
+    # which for tuned kernels does not always match these names.
+    kernels = {gv.name_hint: func for gv, func in scheduled.functions_items()
+               if isinstance(func, _tvm.PrimFunc) and gv.name_hint in calls}
+    built = tvm.compile(tvm.ir.IRModule({n: f.with_attr("global_symbol", n) for n, f in kernels.items()}), target=target)
+    library = getattr(built, "mod", built)
     device = tvm.cpu()
     rng = np.random.default_rng(0)
     rows = []
-    for gv, func in scheduled.functions_items():
-        name = gv.name_hint
-        if not isinstance(func, _tvm.PrimFunc) or name not in calls:
-            continue
+    for name, func in kernels.items():
         flops = _tvm.estimate_flops(tvm.ir.IRModule({"main": func}))
         args = []
         for info in _tvm.ms.arg_info.ArgInfo.from_prim_func(func):
             shape, dtype = [int(d) for d in info.shape], str(info.dtype)
             values = rng.standard_normal(shape).astype(dtype) if "float" in dtype else np.zeros(shape, dtype)
             args.append(tvm.runtime.tensor(values, device))
-        # The kernels live in the library's imported (compiled code) module.
         owner = next((m for m in [library, *library.imports] if m.implements_function(name)), None)
         timer = owner.time_evaluator(name, device, number=number, repeat=3) if owner is not None else None
         seconds = float(np.median(timer(*args).results)) if timer else float("nan")
