@@ -311,8 +311,8 @@ def main() -> None:
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's thread pool starts
     from tvmdeploy.runtime.thread_pool import WORKER_SPIN_COUNT
 
-    # Compiling in this process may start TVM's thread pool before the loader would bound
-    # its spinning, so bound it here: the figures are what the loader gives a user.
+    # Compiling in this process may start TVM's thread pool before the loader would set its
+    # spinning, so set it here: the figures are what the loader gives a user.
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(WORKER_SPIN_COUNT))
 
     from tvmdeploy import compile_model

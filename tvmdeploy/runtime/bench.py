@@ -2,8 +2,8 @@
 interleaved in one process after warm-up, so machine noise hits both alike.
 
 Each runtime keeps its own defaults, as a user gets them: ONNX Runtime's workers spin
-between operators (and ~40 ms past a run), tvmdeploy's loader bounds TVM's spinning to
-the gaps between kernels. Runs alternate in blocks: a pause for the other runtime's
+between operators (and ~40 ms past a run), tvmdeploy's loader keeps TVM's workers from
+spinning (runtime/thread_pool.py). Runs alternate in blocks: a pause for the other runtime's
 spinning workers to go to sleep, one untimed run, then `block` timed runs back to back.
 Alternating single runs made each runtime's spinning workers steal a core from the
 other's runs (on 2 cores: TVM 6.6 ms instead of 3.4, ONNX Runtime up to 3x slower).

@@ -14,11 +14,13 @@ import os
 from pathlib import Path
 
 # sched_yield rounds a TVM worker spins through before it sleeps, waiting for the next
-# kernel. TVM's default (300000) kept a worker busy ~70 ms of CPU after every run; 0 made
-# every kernel launch wake the workers (light SqueezeNet 4.03 ms, ResNet-50 30.2 ms on a
-# 2-core Xeon, against 3.36 and 28.2 ms with 1000). 1000 rounds cover the gaps between a
-# model's kernels and end well under a millisecond after its last one.
-WORKER_SPIN_COUNT = 1000
+# kernel. Measured on a 2-core Xeon: TVM's default (300000) keeps a worker busy ~70 ms of
+# CPU after every run; 1000 was 15-20 % faster than 0 on an idle machine (SqueezeNet 3.36
+# against 4.03 ms), but with another process busy on the cores every round of spinning
+# hands the core away for a whole time slice: SqueezeNet 140 ms instead of 5.7 ms, the
+# digits CNN 8 ms instead of 0.035 ms. 0 (workers sleep at once, woken per kernel) is the
+# default that never collapses; set TVM_THREAD_POOL_SPIN_COUNT yourself on a dedicated core.
+WORKER_SPIN_COUNT = 0
 
 
 def configure_thread_pool(tvm, nthreads: int) -> None:

@@ -318,11 +318,12 @@ inline int PhysicalCores() {
 // TVM sizes its worker pool once, when it starts, from TVM_NUM_THREADS, else from half the
 // logical CPUs (on a 2-vCPU machine: one worker, which config_threadpool cannot add to, and
 // the caller pinned to CPU 0). Its workers spin 300000 sched_yield rounds after each kernel
-// (~70 ms of a core after every run); 1000 cover the gaps between a model's kernels. The
-// same as the Python loader (runtime/thread_pool.py); values the user set win.
+// (~70 ms of a core after every run), and any spinning collapses when another process
+// wants the cores (each yield gives a time slice away: 25x slower): 0, workers sleep at
+// once. The same as the Python loader (runtime/thread_pool.py); values the user set win.
 inline void SizeThreadPool(int64_t threads) {
   setenv("TVM_NUM_THREADS", std::to_string(std::max<int64_t>(threads, PhysicalCores())).c_str(), 0);
-  setenv("TVM_THREAD_POOL_SPIN_COUNT", "1000", 0);
+  setenv("TVM_THREAD_POOL_SPIN_COUNT", "0", 0);
 }
 
 }  // namespace detail
