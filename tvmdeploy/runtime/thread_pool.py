@@ -15,8 +15,8 @@ from pathlib import Path
 
 # sched_yield rounds a TVM worker spins through before it sleeps, waiting for the next
 # kernel. Measured on a 2-core Xeon: TVM's default (300000) keeps a worker busy ~70 ms of
-# CPU after every run; 1000 was 15-20 % faster than 0 on an idle machine (SqueezeNet 3.36
-# against 4.03 ms), but with another process busy on the cores every round of spinning
+# CPU after every run; 1000 was 5-35 % faster than 0 on an idle machine (SqueezeNet 3.36
+# against 4.03 ms alone; 1.24x against 1.56x ONNX Runtime in one bench), but with another process busy on the cores every round of spinning
 # hands the core away for a whole time slice: SqueezeNet 140 ms instead of 5.7 ms, the
 # digits CNN 8 ms instead of 0.035 ms. 0 (workers sleep at once, woken per kernel) is the
 # default that never collapses; set TVM_THREAD_POOL_SPIN_COUNT yourself on a dedicated core.
