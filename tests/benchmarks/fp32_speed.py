@@ -256,7 +256,7 @@ def ab_overhead(onnx_path: Path, target_name: str, threads: int, repeat: int) ->
 
     _, target = resolve_preset(load_preset(target_name))
     imported = import_model(onnx_path)
-    fused = lower_for_tuning(optimize_graph(imported.mod)[0])
+    fused = lower_for_tuning(optimize_graph(imported.mod)[0], target)
     kernels = sum(isinstance(f, _tvm.PrimFunc) for _, f in fused.functions_items())
     device = tvm.cpu()
     rng = np.random.default_rng(0)

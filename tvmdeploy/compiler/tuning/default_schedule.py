@@ -56,15 +56,17 @@ def apply_default_schedules(
 
 
 # Kernels below this many floating-point operations AND bytes of arguments get a
-# single-thread schedule. Waking the thread pool costs ~3-4 us per parallel kernel on 2
-# cores (TVM-NOTES); splitting a kernel of t us over 2 threads pays only when
-# t/2 + 4 < t, i.e. t > 8 us, which at the 10-20 GFLOPS an untuned kernel reaches on one
-# core is ~0.8-1.6e5 operations, and for a copy (reshape, concatenate: no operations)
-# at ~15-30 GB/s from cache ~128 KiB. (Tuning measures, so tuned records make their own
-# choice.) `tests/benchmarks/fp32_speed.py --ab-overhead` compares this against
-# parallel-everything on the machine at hand.
-SERIAL_BELOW_FLOPS = 1e5
-SERIAL_BELOW_BYTES = 128 * 1024
+# single-thread schedule. The loader's workers sleep between kernels (spin count 0, see
+# runtime/thread_pool.py), so every parallel kernel pays a wake-up: 10-40 us on the 2-vCPU
+# VMs here, against ~3-4 us with spinning workers. Splitting a kernel of t us over 2
+# threads pays only when t/2 + wake < t, i.e. t > 2 x wake ~ 20-80 us: ~1e6 operations at
+# the 20-50 GFLOPS these kernels reach on one core, and for a copy (reshape, concatenate)
+# ~512 KiB at ~10-25 GB/s. Measured (`fp32_speed.py --ab-overhead` style, Xeon Emerald
+# Rapids VM, 2 threads): digits CNN 0.081 ms at 1e5/128 KiB -> 0.0125 ms at 1e6/512 KiB;
+# SqueezeNet, ShuffleNet, MobileNetV2 within 2 % (noise) either way. Tuning measures, so
+# tuned records make their own choice.
+SERIAL_BELOW_FLOPS = 1e6
+SERIAL_BELOW_BYTES = 512 * 1024
 
 
 def _too_small_for_threads(func) -> bool:
