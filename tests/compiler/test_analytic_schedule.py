@@ -82,7 +82,7 @@ def test_analytic_matmul_schedules_match_numpy(tmp_path):
     for gv, func in matmuls:
         analytic = default_schedule._first_design_space_sample(func, target, 2, 1)
         random = default_schedule._design_space_sample(func, target, 2, 1, "post-order-apply")
-        assert analytic.script() != random.script(), gv.name_hint
+        assert analytic.mod.script() != random.mod.script(), gv.name_hint
 
     result = compile_model(path, "host", output_dir=tmp_path / "a", cache_dir=tmp_path / "c")
     rng = np.random.default_rng(1)

@@ -68,8 +68,9 @@ def test_packed_conv2d_matches_numpy(case, threads, host):
     weight = rng.standard_normal((oc, k, k, ic // groups)).astype(np.float32)
     packed = pack_conv2d_weight(weight, conv_lanes(oc, groups, vector[0]))
     func = conv2d_nhwc_packed(x.shape, packed.shape, oc, groups, (s, s), pad, (d, d))
-    scheduled = packed_conv2d_schedule(func, vector, threads)
-    assert scheduled is not None, "the default schedule did not apply"
+    schedule = packed_conv2d_schedule(func, vector, threads)
+    assert schedule is not None, "the default schedule did not apply"
+    scheduled = schedule.mod["main"]
     text = scheduled.script()
     assert "T.vectorized" in text and ("T.parallel" in text) == (threads > 1)
     want = conv2d_reference(x, weight, (s, s), pad, (d, d), groups)

@@ -49,7 +49,7 @@ def test_other_layer_norms_are_left_alone(case):
     verify_pass(LayerNormRows(), mod, mod)
 
 
-@pytest.mark.parametrize("shape", [(1, 128, 768), (4, 7), (10, 24), (3,)])
+@pytest.mark.parametrize("shape", [(1, 128, 768), (4, 7), (10, 24), (3,), (6, 16), (3, 8)])
 def test_matches_numpy_and_gets_the_row_schedule(shape):
     _, target = resolve_preset(load_preset("host"))
     n = shape[-1]

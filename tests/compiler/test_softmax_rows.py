@@ -53,6 +53,19 @@ def test_attention_softmax_gets_the_row_schedule():
     assert not isinstance(space_for_kernel(_kernels(before)["softmax_rows"], target), str)
 
 
+@pytest.mark.parametrize("shape", [(1, 4, 16, 16), (3, 8), (2, 32)])
+def test_rows_of_one_or_two_vectors_get_the_row_schedule(shape):
+    """A row of one vector (16 on AVX-512) left the partial reduction an extent-1 loop and
+    the kernel unscheduled; such rows take two half-width vectors."""
+    _, scheduled, target = _scheduled(shape)
+    text = _kernels(scheduled)["softmax_rows"].script()
+    assert "softmax_rows_sum_rf" in text and "T.vectorized" in text
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    got = relax.VirtualMachine(tvm.compile(scheduled, target=target), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    want = np.exp(x - x.max(-1, keepdims=True))
+    np.testing.assert_allclose(got, want / want.sum(-1, keepdims=True), rtol=2e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("length, lanes, want", [(128, 16, 16), (1000, 16, 8), (7, 16, 1), (24, 8, 8), (36, 4, 4)])
 def test_row_lanes(length, lanes, want):
     assert row_lanes(length, lanes) == want

@@ -42,6 +42,9 @@ LOWERING_PASSES = (
     relax.transform.FoldConstant,
     relax.transform.FuseOps,
     relax.transform.FuseTIR,
+    # FuseTIR leaves the kernels it fused (e.g. a packed conv before its epilogue joined
+    # it): scheduling them was wasted compile time.
+    lambda: remove_uncalled_kernels,
     relax.transform.AttachAttrLayoutFreeBuffers,
 )
 

@@ -84,13 +84,13 @@ def has_reduction(func) -> bool:
 
 
 def channel_reduce_schedule(func, vector_lanes: int, threads: int):
-    """The default schedule of a channel-keeping reduction (None: not one)."""
+    """The default Schedule of a channel-keeping reduction (None: not one)."""
     if not has_reduction(func):
         return None
     try:
         sch = _tvm.Schedule(tvm.ir.IRModule({"main": func}))
         schedule_channel_reduce(sch, vector_lanes, threads)
-        return sch.mod["main"]
+        return sch
     except Exception:  # noqa: BLE001 - not this kind of kernel, or a shape the schedule does not cover
         return None
 

@@ -155,7 +155,7 @@ def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
 
 
 def packed_conv2d_schedule(func, vector: tuple[int, int], threads: int):
-    """The default schedule of a kernel holding a packed fp32 conv (None: it holds none,
+    """The default Schedule of a kernel holding a packed fp32 conv (None: it holds none,
     or the schedule cannot place one of its blocks; the generic default serves then).
     vector: (fp32 lanes, vector registers) of the target."""
     if BLOCK_NAME not in func.script(show_meta=False):
@@ -163,7 +163,7 @@ def packed_conv2d_schedule(func, vector: tuple[int, int], threads: int):
     try:
         sch = _tvm.Schedule(tvm.ir.IRModule({"main": func}))
         schedule_conv2d(sch, kernel_default_tile(sch, vector), threads)
-        return sch.mod["main"]
+        return sch
     except Exception:  # noqa: BLE001 - a kernel shape the schedule does not cover
         return None
 

@@ -50,7 +50,10 @@ def schedule_rows(sch, kernel: RowKernel, producer_order: tuple[str, ...], vecto
     if set(blocks) != kernel.blocks:  # something fused into it: not this kernel's shape
         raise ValueError(f"blocks {sorted(blocks)}")
     row_length = int(sch.get(blocks[kernel.output]).writes[0].source.shape[-1])
-    lanes = row_lanes(row_length, vector_lanes)
+    # At least two vectors per row: with one, the partial reduction's loop has extent 1,
+    # compute_at drops it and the reorder below has no loop to swap (a 16-long softmax
+    # row on AVX-512 stayed unscheduled).
+    lanes = row_lanes(row_length, min(vector_lanes, max(1, row_length // 2)))
     partial = {}
     if lanes > 1:
         # rfactor before compute_at: it needs the reduction at the top of its loop nest.
@@ -86,12 +89,12 @@ def holds(func, block_name: str) -> bool:
 
 
 def row_schedule(func, kernel: RowKernel, producer_order, vector_lanes: int, threads: int):
-    """The default schedule of a row kernel (None: the shape is not covered; the generic
+    """The default Schedule of a row kernel (None: the shape is not covered; the generic
     default serves then)."""
     try:
         sch = _tvm.Schedule(tvm.ir.IRModule({"main": func}))
         schedule_rows(sch, kernel, producer_order, vector_lanes, threads)
-        return sch.mod["main"]
+        return sch
     except Exception:  # noqa: BLE001
         return None
 

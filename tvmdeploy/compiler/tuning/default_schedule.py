@@ -80,33 +80,41 @@ def _too_small_for_threads(func) -> bool:
 
 def _cpu_default_schedules(mod: tvm.ir.IRModule, target: tvm.target.Target, seed: int) -> tuple[tvm.ir.IRModule, int]:
     register_intrinsics(target.kind.name)
-    cores = int(target.attrs.get("num-cores", 1))
-    vector = target_vector_shape(target)
     updates = {}
     with _tvm.native_stderr_to(None):  # C++ warnings about rules this target lacks
         for gv, func in mod.functions.items():
             if not isinstance(func, _tvm.PrimFunc) or _is_scheduled(func) or _has_empty_buffer(func):
                 continue
-            serial = cores > 1 and _too_small_for_threads(func)
-            threads = 1 if serial else cores
-            scheduled = (
-                packed_conv2d_schedule(func, vector, threads)
-                or softmax_rows_schedule(func, vector[0], threads)
-                or layer_norm_rows_schedule(func, vector[0], threads)
-                or channel_reduce_schedule(func, vector[0], threads)
-            )
-            if scheduled is None and serial:
-                scheduled = _serial_sample(func, target, seed)
-            if scheduled is None:
-                scheduled = _first_design_space_sample(func, target, cores, seed)
-            if scheduled is not None:
-                updates[gv] = _tvm.mark_scheduled(scheduled, gv.name_hint)
+            schedule = cpu_default_schedule(func, target, seed)
+            if schedule is not None:
+                updates[gv] = _tvm.mark_scheduled(schedule.mod["main"], gv.name_hint)
     if not updates:
         return mod, 0
     mod = tvm.ir.IRModule(dict(mod.functions), attrs=mod.attrs)
     for gv, func in updates.items():
         mod[gv] = func
     return mod, len(updates)
+
+
+def cpu_default_schedule(func, target: tvm.target.Target, seed: int = 1):
+    """The untuned Schedule of one CPU kernel (its trace replays it: tuning measures it
+    and commits it as a record, so a tuned kernel is never slower than its default);
+    None where every way failed (the kernel keeps its naive loops)."""
+    cores = int(target.attrs.get("num-cores", 1))
+    vector = target_vector_shape(target)
+    serial = cores > 1 and _too_small_for_threads(func)
+    threads = 1 if serial else cores
+    schedule = (
+        packed_conv2d_schedule(func, vector, threads)
+        or softmax_rows_schedule(func, vector[0], threads)
+        or layer_norm_rows_schedule(func, vector[0], threads)
+        or channel_reduce_schedule(func, vector[0], threads)
+    )
+    if schedule is None and serial:
+        schedule = _serial_sample(func, target, seed)
+    if schedule is None:
+        schedule = _first_design_space_sample(func, target, cores, seed)
+    return schedule
 
 
 def _serial_sample(func, target, seed: int):
@@ -136,10 +144,7 @@ def _analytic_tiles(schedule, context, target):
     decisions.update(_at_root(trace))
     try:
         tiled = _tvm.replay_with_decisions(context.mod, trace, decisions)
-        for postproc in context.space_generator.postprocs:
-            if not postproc.apply(tiled):
-                return None
-        return tiled.mod["main"]
+        return tiled if _postprocessed(tiled, context) else None
     except Exception:  # a decision the space rejects: the random sample serves
         return None
 
@@ -192,7 +197,7 @@ def _first_design_space_sample(func, target, cores: int, seed: int):
     # here the first sample that builds is taken.
     for attempt in range(8):
         scheduled = _design_space_sample(func, target, cores, seed + attempt, space_for_kernel(func, target))
-        if scheduled is not None and _builds(scheduled, target):
+        if scheduled is not None and _builds(scheduled.mod["main"], target):
             return scheduled
     return None
 
@@ -227,9 +232,13 @@ def _design_space_sample(func, target, cores: int, seed: int, space, analytic: b
             at_root = _at_root(schedule.trace)
             if at_root:
                 schedule = _tvm.replay_with_decisions(context.mod, schedule.trace, at_root)
-        for postproc in context.space_generator.postprocs:
-            if not postproc.apply(schedule):
-                return None
-        return schedule.mod["main"]
+        return schedule if _postprocessed(schedule, context) else None
     except Exception:  # a rule or postprocessor that cannot handle this kernel
         return None
+
+
+def _postprocessed(schedule, context) -> bool:
+    """Apply the space's postprocessors, marked as such in the trace (as MetaSchedule's
+    search does: when tuning starts from this schedule it strips and re-applies them)."""
+    schedule.enter_postproc()
+    return all(postproc.apply(schedule) for postproc in context.space_generator.postprocs)

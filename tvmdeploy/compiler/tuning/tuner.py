@@ -46,10 +46,12 @@ class TaskReport:
     name: str
     weight: int  # how many times the model calls this kernel
     flops: float
-    source: str  # "cache" (record found), "tuned" (this run), "untuned" (no valid record),
-    # "default" (a copy such as reshape/concatenate: not worth tuning)
+    source: str  # "cache" (record found), "tuned" (this run), "untuned" (no trial reached it:
+    # its default schedule serves, measured when default_ms is set), "default" (a copy such
+    # as reshape/concatenate: not worth tuning)
     trials: int = 0  # new trials this run
     best_ms: float | None = None  # best measured latency of one call
+    default_ms: float | None = None  # the untuned default schedule, measured this run
 
     @property
     def gflops(self) -> float | None:
@@ -82,12 +84,13 @@ class TuningReport:
 
     def table(self) -> str:
         rows = sorted(self.tasks, key=lambda t: -(t.weight * (t.best_ms or 0)))
-        lines = [f"  {'task':<58}{'calls':>6}{'GFLOP':>9}{'best ms':>10}{'GFLOPS':>9}{'trials':>8}  source"]
+        lines = [f"  {'task':<58}{'calls':>6}{'GFLOP':>9}{'default ms':>11}{'best ms':>10}{'GFLOPS':>9}{'trials':>8}  source"]
         for t in rows:
             best = f"{t.best_ms:.4f}" if t.best_ms is not None else "-"
+            default = f"{t.default_ms:.4f}" if t.default_ms is not None else "-"
             gflops = f"{t.gflops:.1f}" if t.gflops else "-"
             lines.append(
-                f"  {t.name[:57]:<58}{t.weight:>6}{t.flops / 1e9:>9.4f}{best:>10}{gflops:>9}{t.trials:>8}  {t.source}"
+                f"  {t.name[:57]:<58}{t.weight:>6}{t.flops / 1e9:>9.4f}{default:>11}{best:>10}{gflops:>9}{t.trials:>8}  {t.source}"
             )
         return "\n".join(lines)
 
@@ -178,10 +181,15 @@ def tune(
         )
         cache.update_ledger({shash: {"state": "started", "per_task": per_task} for _, _, shash in todo})
         log_dir = cache.folder / "logs" / time.strftime("%Y%m%d-%H%M%S")
+        measurer = _Measurer(target, measure)
         try:
             with _stop_on_signals(deadline, progress), _native_warnings_to(log_dir / "tvm-warnings.log", progress):
+                progress.message(f"measuring the untuned default of {len(todo)} kernel(s)")
+                measure_defaults([(t, r) for t, r, _ in todo], target, database, measurer, deadline)
+                callback.merge()
+                progress.update(callback.state())
                 _run_metaschedule(
-                    [t for t, _, _ in todo], target, database, trials, task_cap, deadline, callback, log_dir, measure
+                    [t for t, _, _ in todo], target, database, trials, task_cap, deadline, callback, log_dir, measurer
                 )
         except Exception as e:
             raise BuildError(f"tuning failed: {summarize_exception(e)} (MetaSchedule logs: {log_dir})") from e
@@ -194,7 +202,9 @@ def tune(
             cache.update_ledger({shash: {"state": "done", "per_task": per_task} for _, _, shash in todo})
         for _, report, _ in todo:
             if report.best_ms is not None:
-                report.source = "tuned" if report.trials else "cache"
+                # No trial reached it this run: its default (measured just now) or an
+                # earlier run's record serves.
+                report.source = "tuned" if report.trials else "untuned" if report.default_ms is not None else "cache"
         progress.update(callback.state(), final=True)
     return TuningReport(
         str(cache.folder), reports, callback.trials, from_cache, time.monotonic() - started, asdict(budget),
@@ -202,8 +212,78 @@ def tune(
     )
 
 
-def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callback, log_dir: Path, measure=None) -> None:
-    cores = int(target.attrs.get("num-cores", os.cpu_count() or 1)) if target.kind.name == "llvm" else (os.cpu_count() or 1)
+class _Measurer:
+    """The builder and runner tuning measures with: MetaSchedule's candidates and the
+    defaults they are compared against go through the same ones."""
+
+    def __init__(self, target, measure: "RemoteMeasure | None" = None):
+        llvm = target.kind.name == "llvm"
+        self.cores = int(target.attrs.get("num-cores", os.cpu_count() or 1)) if llvm else (os.cpu_count() or 1)
+        evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
+        self.builder = ms.builder.LocalBuilder(
+            f_build=_tvm.metaschedule_build,
+            f_export=measure.f_export() if measure else None,  # remote: link with the cross compiler
+            # Once per worker (the pool is recreated per batch), not once per candidate.
+            initializer=_builder_initializer(target),
+            max_workers=self.cores,
+            timeout_sec=60,
+        )
+        self.runner = (
+            measure.runner(evaluator) if measure else ms.runner.LocalRunner(timeout_sec=30, evaluator_config=evaluator)
+        )
+
+
+def measure_defaults(tasks, target, database, measurer: _Measurer, deadline: "_Deadline") -> int:
+    """Measure each kernel's untuned default schedule (default_schedule.cpu_default_schedule)
+    with tuning's builder and runner, and commit it as a record: the database's best is
+    then never a schedule slower than the default (short tuning runs measured on 2 busy
+    cores used to pick noisy samples that were), and the search starts from it. Only
+    kernels with no record yet (a continued run has measured them). CPU targets (GPU
+    defaults are dlight's, applied to the whole module). Returns how many were committed."""
+    from .default_schedule import cpu_default_schedule
+
+    if target.kind.name != "llvm":
+        return 0
+    pending = []
+    with _tvm.native_stderr_to(None):
+        for task, report in tasks:
+            if report.best_ms is not None or deadline.passed():
+                continue
+            schedule = cpu_default_schedule(task.dispatched[0]["main"], target)
+            if schedule is not None:
+                pending.append((task, report, schedule))
+    if not pending:
+        return 0
+    built = measurer.builder.build([ms.builder.BuilderInput(sch.mod, target) for _, _, sch in pending])
+    committed = 0
+    for (task, report, schedule), result in zip(pending, built):
+        if result.error_msg is not None or deadline.passed():
+            continue
+        args = ms.arg_info.ArgInfo.from_entry_func(schedule.mod, remove_preproc=True)
+        (future,) = measurer.runner.run([ms.runner.RunnerInput(result.artifact_path, "cpu", args)])
+        ran = future.result()
+        _remove_artifact(result.artifact_path)
+        if ran.error_msg is not None or not ran.run_secs:
+            continue
+        try:
+            workload = database.commit_workload(task.dispatched[0])
+            database.commit_tuning_record(ms.database.TuningRecord(schedule.trace, workload, ran.run_secs, target, args))
+        except Exception as e:  # noqa: BLE001 - a trace the database cannot store: tuning proceeds without it
+            _log.warning("default schedule of %s not recorded: %s", task.task_name, summarize_exception(e))
+            continue
+        report.best_ms = report.default_ms = _median_ms(ran.run_secs)
+        committed += 1
+    return committed
+
+
+def _remove_artifact(path: str) -> None:
+    with contextlib.suppress(OSError):
+        Path(path).unlink()
+        Path(path).parent.rmdir()
+
+
+def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callback, log_dir: Path, measurer: _Measurer) -> None:
+    cores = measurer.cores
     log_dir.mkdir(parents=True, exist_ok=True)
     register_intrinsics(target.kind.name)  # before TuneContext imports them all
     ms_logger = logging.getLogger(_tvm.METASCHEDULE_LOGGER)
@@ -228,7 +308,6 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
         contexts.append(context)
         weights.append(weight)
     _logs_to_files_only(ms_logger)
-    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
     ms.tune_tasks(
         tasks=contexts,
         task_weights=weights,
@@ -239,17 +318,8 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
         # the gradient scheduler can move trials to where the latency is, and at least
         # two batches per task (so a killed run has something left to continue).
         num_trials_per_iter=_trials_per_iter(trials, per_task, len(tasks)),
-        builder=ms.builder.LocalBuilder(
-            f_build=_tvm.metaschedule_build,
-            f_export=measure.f_export() if measure else None,  # remote: link with the cross compiler
-            # Once per worker (the pool is recreated per batch), not once per candidate.
-            initializer=_builder_initializer(target),
-            max_workers=cores,
-            timeout_sec=60,
-        ),
-        runner=measure.runner(evaluator)
-        if measure
-        else ms.runner.LocalRunner(timeout_sec=30, evaluator_config=evaluator),
+        builder=measurer.builder,
+        runner=measurer.runner,
         database=database,
         cost_model=ms.cost_model.XGBModel(num_tuning_cores=cores),
         # A list replaces MetaSchedule's defaults (add to database, remove build artifact,
