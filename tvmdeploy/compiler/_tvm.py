@@ -227,6 +227,31 @@ def tiled_blocks(trace) -> list[list[tuple[Any, int, int]]]:
     return groups
 
 
+def tensorized_tiled_blocks(trace) -> list[list[tuple[Any, int, int]]]:
+    """tiled_blocks, only those of blocks MetaSchedule tensorizes (a tiling annotated
+    "meta_schedule.auto_tensorize" by MultiLevelTilingWithIntrin before its tiles are sampled)."""
+    groups: list[list] = []
+    current: list | None = None
+    tensorized = False
+    for inst in trace.insts:
+        kind = inst.kind.name
+        if kind == "Annotate" and "meta_schedule.tiling_structure" in str(inst.attrs):
+            if current is not None and tensorized:
+                groups.append(current)
+            current, tensorized = [], False
+        elif kind == "Annotate" and "meta_schedule.auto_tensorize" in str(inst.attrs) and current == []:
+            tensorized = True
+        elif kind == "SamplePerfectTile" and current is not None:
+            decision = [int(d) for d in trace.decisions[inst]]
+            extent = 1
+            for d in decision:
+                extent *= d
+            current.append((inst, extent, len(decision)))
+    if current is not None and tensorized:
+        groups.append(current)
+    return groups
+
+
 def unroll_choices(trace) -> list[tuple[Any, list[int]]]:
     """The trace's categorical samples (the unroll step choice) with their candidates."""
     return [(inst, [int(c) for c in inst.attrs[0]]) for inst in trace.insts if inst.kind.name == "SampleCategorical"]
@@ -448,6 +473,7 @@ __all__ = [
     "compute_location_choices",
     "COMPUTE_AT_ROOT",
     "tiled_blocks",
+    "tensorized_tiled_blocks",
     "unroll_choices",
     "cpu_space",
     "serial_cpu_space",

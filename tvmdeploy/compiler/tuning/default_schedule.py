@@ -32,6 +32,7 @@ from ..kernels.fp32_schedule import packed_conv2d_schedule
 from ..kernels.layer_norm_rows import layer_norm_rows_schedule
 from ..kernels.softmax_rows import softmax_rows_schedule
 from .analytic import UNROLL_CHOICE, matmul_like, tile_sizes
+from .analytic_int8 import int8_default_schedule
 
 
 # What the manifest calls these steps (they are not TVM passes).
@@ -192,9 +193,12 @@ def _is_scheduled(func) -> bool:
 def _first_design_space_sample(func, target, cores: int, seed: int):
     if packed_space(func, target) is None:
         return _design_space_sample(func, target, cores, seed, space_for_kernel(func, target), analytic=True)
-    # A tensorized (int8) kernel: some samples vectorize the loop around the intrinsic,
-    # which codegen rejects ("Cannot broadcast lanes=16 to 32"); tuning discards those,
-    # here the first sample that builds is taken.
+    # A tensorized (int8) kernel: the analytic register tile (analytic_int8.py), else the
+    # first sample that builds (some vectorize the loop around the intrinsic, which codegen
+    # rejects: "Cannot broadcast lanes=16 to 32"; tuning discards those).
+    analytic = int8_default_schedule(func, target, cores, seed)
+    if analytic is not None:
+        return analytic.mod["main"]
     for attempt in range(8):
         scheduled = _design_space_sample(func, target, cores, seed + attempt, space_for_kernel(func, target))
         if scheduled is not None and _builds(scheduled.mod["main"], target):
