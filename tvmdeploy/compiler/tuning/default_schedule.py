@@ -198,7 +198,7 @@ def _first_design_space_sample(func, target, cores: int, seed: int):
     # rejects: "Cannot broadcast lanes=16 to 32"; tuning discards those).
     analytic = int8_default_schedule(func, target, cores, seed)
     if analytic is not None:
-        return analytic.mod["main"]
+        return analytic
     for attempt in range(8):
         scheduled = _design_space_sample(func, target, cores, seed + attempt, space_for_kernel(func, target))
         if scheduled is not None and _builds(scheduled.mod["main"], target):
