@@ -18,8 +18,10 @@ from pathlib import Path
 # CPU after every run; 1000 was 5-35 % faster than 0 on an idle machine (SqueezeNet 3.36
 # against 4.03 ms alone; 1.24x against 1.56x ONNX Runtime in one bench), but with another process busy on the cores every round of spinning
 # hands the core away for a whole time slice: SqueezeNet 140 ms instead of 5.7 ms, the
-# digits CNN 8 ms instead of 0.035 ms. 0 (workers sleep at once, woken per kernel) is the
-# default that never collapses; set TVM_THREAD_POOL_SPIN_COUNT yourself on a dedicated core.
+# digits CNN 8 ms instead of 0.035 ms. Short spins too: with one busy process beside it,
+# SqueezeNet ran 160-164 ms at 10, 30 and 100 rounds (6.5 ms at 0; idle 3.4 vs 4.0 ms).
+# 0 (workers sleep at once, woken per kernel) is the default that never collapses; set
+# TVM_THREAD_POOL_SPIN_COUNT yourself on a dedicated core.
 WORKER_SPIN_COUNT = 0
 
 

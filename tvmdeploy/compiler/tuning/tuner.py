@@ -295,18 +295,26 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
     ms_logger.setLevel(logging.WARNING)  # the console handler MetaSchedule adds inherits this
     # One context per task, each with its kernel's design space (int8 kernels tensorize).
     contexts, weights = [], []
-    for task in tasks:
-        [context], [weight] = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            extracted_tasks=[task],
-            work_dir=str(log_dir),  # MetaSchedule writes its per-task logs under <work_dir>/logs
-            space=space_for_kernel(task.dispatched[0]["main"] if isinstance(task.dispatched[0], tvm.ir.IRModule)
-                                   else task.dispatched[0], target),
-            strategy=_tvm.DeadlineSearch(ms.search_strategy.EvolutionarySearch(), deadline, callback.submitted),
-            num_threads=cores,
-            seed=0,
-        )
-        contexts.append(context)
-        weights.append(weight)
+    # Each context (re)configures MetaSchedule's loggers with a console handler on stdout
+    # and announces its "Logging directory" there: one line per kernel on the user's
+    # terminal. INFO is off while they are made; afterwards the logs go to files only.
+    disabled = logging.root.manager.disable
+    logging.disable(max(disabled, logging.INFO))
+    try:
+        for task in tasks:
+            [context], [weight] = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                extracted_tasks=[task],
+                work_dir=str(log_dir),  # MetaSchedule writes its per-task logs under <work_dir>/logs
+                space=space_for_kernel(task.dispatched[0]["main"] if isinstance(task.dispatched[0], tvm.ir.IRModule)
+                                       else task.dispatched[0], target),
+                strategy=_tvm.DeadlineSearch(ms.search_strategy.EvolutionarySearch(), deadline, callback.submitted),
+                num_threads=cores,
+                seed=0,
+            )
+            contexts.append(context)
+            weights.append(weight)
+    finally:
+        logging.disable(disabled)
     _logs_to_files_only(ms_logger)
     ms.tune_tasks(
         tasks=contexts,
