@@ -77,12 +77,12 @@ def _write_record(cache, func, target):
     import tvm
 
     from tvmdeploy.compiler._tvm import ms
-    from tvmdeploy.compiler.tuning.tuner import _load_database
+    from tvmdeploy.compiler.tuning.database import load_database
 
     mod = tvm.ir.IRModule({"main": func.with_attr("global_symbol", "main")})
     context = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply", num_threads=1, rand_state=1)
     trace = context.generate_design_space()[0].trace
-    database = _load_database(cache.folder)
+    database = load_database(cache.folder)
     workload = database.commit_workload(mod)
     database.commit_tuning_record(
         ms.database.TuningRecord(trace, workload, [1e-4], target, ms.arg_info.ArgInfo.from_prim_func(func))

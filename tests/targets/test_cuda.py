@@ -301,7 +301,8 @@ def test_tuning_records_apply_to_cuda_builds(tmp_path):
     from tvmdeploy.compiler.presets import load_preset, resolve_preset
     from tvmdeploy.compiler.tuning.cache import TargetCache
     from tvmdeploy.compiler.lowering import lower_for_tuning
-    from tvmdeploy.compiler.tuning.tuner import _builder_initializer, _load_database
+    from tvmdeploy.compiler.tuning.database import load_database as _load_database
+    from tvmdeploy.compiler.tuning.tuner import _builder_initializer
 
     ms = _tvm.ms
     _, target = resolve_preset(load_preset("cuda-sm80"))

@@ -252,7 +252,7 @@ def import_records(path: str | os.PathLike, tvm_version: str, root: str | os.Pat
 def _validated_records(path: Path, payload: dict) -> tuple[RecordSet, dict]:
     """The file's records, each checked (index in range, and loadable by MetaSchedule), or
     a one-line error naming the first bad one: a bad record must not reach the cache."""
-    from .tuner import record_loads
+    from .database import record_loads
 
     workloads, records, target = payload.get("workloads"), payload.get("records"), payload.get("target")
     if not isinstance(workloads, list) or not isinstance(records, list) or not isinstance(target, dict):

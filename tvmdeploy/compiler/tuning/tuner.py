@@ -32,7 +32,8 @@ from ..kernels.select import space_for_kernel
 from .budget import DEFAULT_TRIALS, TuningBudget  # noqa: F401  (re-exported)
 from .cache import TargetCache
 from .progress import Progress, ProgressState
-from .records import RECORD_FILE, WORKLOAD_FILE, RecordSet, read_database, write_database
+from .database import load_database, load_database_healing, record_loads  # noqa: F401  (record_loads re-exported)
+from .records import read_database
 
 _log = logging.getLogger("tvmdeploy.tuning")
 
@@ -420,53 +421,6 @@ def _logs_to_files_only(logger: logging.Logger) -> None:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             logger.removeHandler(handler)
     logger.propagate = False
-
-
-def _load_database(folder: Path):
-    # Loading replays every record's trace, and int8 records tensorize with tvmdeploy's
-    # intrinsics: a database read before they are registered fails ("TensorIntrin
-    # 'tvmdeploy_dot_16x4_vnni' is not registered") in an fp32 compile sharing the cache.
-    register_intrinsics("llvm")
-    return ms.database.JSONDatabase(
-        path_workload=str(folder / WORKLOAD_FILE),
-        path_tuning_record=str(folder / RECORD_FILE),
-        allow_missing=True,
-    )
-
-
-def load_database_healing(folder: Path, records: RecordSet):
-    """A MetaSchedule database of `records` written to `folder`; records TVM cannot load are dropped.
-
-    TVM loads a database all or nothing (one record whose trace does not replay fails the
-    whole load with "parallel_for_dynamic error"), so on failure each record is tried on its
-    own and only the loadable ones are kept: a damaged record costs its re-tuning, never a
-    failed compile.
-    """
-    write_database(folder, records)
-    try:
-        return _load_database(folder)
-    except Exception:  # noqa: BLE001 - TVM raises its own error types from the FFI
-        pass
-    good, dropped = RecordSet(), 0
-    for index, record in records.records:
-        if record_loads(records.workloads[index], record):
-            good.add_record(records.workloads[index], record)
-        else:
-            dropped += 1
-    _log.warning("tuning cache: dropped %d record(s) whose schedule MetaSchedule cannot replay", dropped)
-    write_database(folder, good)
-    return _load_database(folder)
-
-
-def record_loads(workload_line: str, record_json: str) -> bool:
-    """Whether MetaSchedule can load this record (its trace replays on its workload)."""
-    register_intrinsics("llvm")  # int8 records name tvmdeploy's intrinsics
-    try:
-        workload = ms.database.Workload.from_json(json.loads(workload_line))
-        ms.database.TuningRecord.from_json(json.loads(record_json), workload)
-        return True
-    except Exception:  # noqa: BLE001 - TVM's errors for a bad trace vary; any is "cannot load"
-        return False
 
 
 def _median_ms(run_secs) -> float | None:
