@@ -252,6 +252,24 @@ def tensorized_tiled_blocks(trace) -> list[list[tuple[Any, int, int]]]:
     return groups
 
 
+def builds(mod, target) -> bool:
+    """Whether codegen accepts a scheduled module (some schedules that pass every
+    postprocessor still fail there, e.g. a vector loop around a tensor intrinsic)."""
+    try:
+        with native_stderr_to(None):
+            tvm.compile(mod, target=target)
+        return True
+    except Exception:  # noqa: BLE001 - TVM's codegen errors vary
+        return False
+
+
+def postprocessed(schedule, postprocs) -> bool:
+    """Apply MetaSchedule postprocessors, marked as such in the trace (as its search does:
+    a search starting from this schedule strips and re-applies them)."""
+    schedule.enter_postproc()
+    return all(postproc.apply(schedule) for postproc in postprocs)
+
+
 def unroll_choices(trace) -> list[tuple[Any, list[int]]]:
     """The trace's categorical samples (the unroll step choice) with their candidates."""
     return [(inst, [int(c) for c in inst.attrs[0]]) for inst in trace.insts if inst.kind.name == "SampleCategorical"]
@@ -474,6 +492,8 @@ __all__ = [
     "COMPUTE_AT_ROOT",
     "tiled_blocks",
     "tensorized_tiled_blocks",
+    "builds",
+    "postprocessed",
     "unroll_choices",
     "cpu_space",
     "serial_cpu_space",

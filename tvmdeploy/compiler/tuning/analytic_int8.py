@@ -38,11 +38,14 @@ AVX2: 2 ymm, NEON sdot: 1 q register).
 
 from __future__ import annotations
 
+import math
+
 from .. import _tvm
 from .._tvm import ms, tvm
 from ..kernels.fp32_schedule import register_tile
 from ..kernels.int8_packed import BLOCK_NAME as INT8_BLOCK_NAME
 from ..kernels.select import packed_int8_for, space_for_kernel, target_vector_shape
+from .analytic import _largest_divisor
 
 SPATIAL_TILES = 4  # "SSRSRS": spatial loops in 4 tiles, reduction loops in 2
 REDUCTION_TILES = 2
@@ -67,10 +70,6 @@ def int8_tile(width: int, blocks: int, accumulators: int) -> tuple[int, int]:
     accumulators (register_tile's rule with the accumulators in place of the registers,
     its +1 broadcast counted in the other half)."""
     return register_tile(width, blocks, accumulators + 1, max_vectors=MAX_VECTORS)
-
-
-def _largest_divisor(n: int, cap: int) -> int:
-    return max(d for d in range(1, max(1, min(n, cap)) + 1) if n % d == 0)
 
 
 def tile_decisions(group: list[tuple], accumulators: int) -> dict | None:
@@ -121,7 +120,7 @@ def int8_default_schedule(func, target, cores: int, seed: int = 1):
             if not spaces:
                 return None
             schedule = _replay(context, spaces[0].trace, target)
-            if schedule is None or not _builds(schedule, target):
+            if schedule is None or not _tvm.builds(schedule.mod, target):
                 return None
             return schedule
     except Exception:  # noqa: BLE001 - a rule, decision or postprocessor this kernel breaks
@@ -136,7 +135,7 @@ def _replay(context, trace, target):
     # Tiles must multiply to their loop's extent: the replay itself accepts any factors
     # (a tile of 12 on a width of 11 built and computed garbage).
     extents = {inst: extent for inst, extent, _ in groups[0]}
-    if decisions is None or any(_product(d) != extents[inst] for inst, d in decisions.items()):
+    if decisions is None or any(math.prod(d) != extents[inst] for inst, d in decisions.items()):
         return None
     for inst, candidates in _tvm.unroll_choices(trace):
         decisions[inst] = candidates.index(UNROLL_STEPS) if UNROLL_STEPS in candidates else len(candidates) - 1
@@ -144,24 +143,4 @@ def _replay(context, trace, target):
     # inlined, breaks the pattern the intrinsic matches.
     decisions.update({inst: _tvm.COMPUTE_AT_ROOT for inst in _tvm.compute_location_choices(trace)})
     schedule = _tvm.replay_with_decisions(context.mod, trace, decisions)
-    schedule.enter_postproc()
-    for postproc in context.space_generator.postprocs:
-        if not postproc.apply(schedule):
-            return None
-    return schedule
-
-
-def _product(sizes) -> int:
-    out = 1
-    for size in sizes:
-        out *= int(size)
-    return out
-
-
-def _builds(schedule, target) -> bool:
-    """Codegen accepts it (some tilings of the intrinsic fail only there)."""
-    try:
-        tvm.compile(schedule.mod, target=target)
-        return True
-    except Exception:  # noqa: BLE001
-        return False
+    return schedule if _tvm.postprocessed(schedule, context.space_generator.postprocs) else None

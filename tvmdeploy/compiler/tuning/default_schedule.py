@@ -201,18 +201,9 @@ def _first_design_space_sample(func, target, cores: int, seed: int):
         return analytic
     for attempt in range(8):
         scheduled = _design_space_sample(func, target, cores, seed + attempt, space_for_kernel(func, target))
-        if scheduled is not None and _builds(scheduled.mod["main"], target):
+        if scheduled is not None and _tvm.builds(scheduled.mod, target):
             return scheduled
     return None
-
-
-def _builds(func, target) -> bool:
-    try:
-        with _tvm.native_stderr_to(None):
-            tvm.compile(tvm.ir.IRModule({"main": func}), target=target)
-        return True
-    except Exception:
-        return False
 
 
 def _design_space_sample(func, target, cores: int, seed: int, space, analytic: bool = False):
@@ -242,7 +233,4 @@ def _design_space_sample(func, target, cores: int, seed: int, space, analytic: b
 
 
 def _postprocessed(schedule, context) -> bool:
-    """Apply the space's postprocessors, marked as such in the trace (as MetaSchedule's
-    search does: when tuning starts from this schedule it strips and re-applies them)."""
-    schedule.enter_postproc()
-    return all(postproc.apply(schedule) for postproc in context.space_generator.postprocs)
+    return _tvm.postprocessed(schedule, context.space_generator.postprocs)
