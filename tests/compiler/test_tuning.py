@@ -248,3 +248,32 @@ def test_each_kernels_default_is_measured_and_its_record_replays_it_exactly(mode
     assert count == committed
     defaults = kernels(apply_default_schedules(fused, target)[0])
     assert kernels(replayed) == defaults
+
+
+_RUNNER_PROBE = """
+import json, os
+from tvmdeploy.compiler._tvm import tvm
+from tvmdeploy.compiler.tuning.tuner import _Measurer
+
+def probe():
+    import os
+    import tvm
+    return tvm.get_global_func("runtime.NumThreads")(), os.environ.get("TVM_THREAD_POOL_SPIN_COUNT")
+
+target = tvm.target.Target({"kind": "llvm", "num-cores": 3})
+print(json.dumps(_Measurer(target).runner.pool.submit(probe).result()))
+"""
+
+
+def test_tuning_runner_measures_on_the_thread_pool_an_artifact_gets():
+    """Left alone, TVM gives the runner's worker half the logical CPUs (one thread on a
+    2-vCPU machine) and 300000 spin rounds; the artifact runs the target's cores with
+    sleeping workers. The runner's worker must match the artifact."""
+    from tvmdeploy.runtime.thread_pool import WORKER_SPIN_COUNT
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "TVM_THREAD_POOL_SPIN_COUNT")}
+    done = subprocess.run([sys.executable, "-c", _RUNNER_PROBE], env=clean, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    threads, spin = json.loads(done.stdout.strip().splitlines()[-1])
+    assert threads == 3  # not a count TVM would pick by itself on a 2- or 4-CPU machine
+    assert spin == str(WORKER_SPIN_COUNT)

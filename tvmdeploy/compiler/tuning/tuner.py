@@ -230,7 +230,8 @@ class _Measurer:
             timeout_sec=60,
         )
         self.runner = (
-            measure.runner(evaluator) if measure else ms.runner.LocalRunner(timeout_sec=30, evaluator_config=evaluator)
+            measure.runner(evaluator) if measure
+            else ms.runner.LocalRunner(timeout_sec=30, evaluator_config=evaluator, initializer=_runner_initializer(target))
         )
 
 
@@ -385,6 +386,26 @@ def _stop_on_signals(deadline: _Deadline, progress: Progress):
 
 def _trials_per_iter(trials: int, per_task: int, num_tasks: int) -> int:
     return max(1, min(64, -(-per_task // 2), max(8, trials // (3 * num_tasks)), trials // num_tasks))
+
+
+def _runner_initializer(target):
+    """The local runner's worker runs candidates on the thread pool a loaded artifact
+    gets: the target's core count, workers asleep between kernels. Left to itself TVM
+    takes half the logical CPUs (one thread on a 2-vCPU machine, where the artifact runs
+    two) and spins 300000 rounds, so candidates were chosen by a measurement unlike the
+    model run."""
+    import functools
+
+    if target.kind.name != "llvm":
+        return None
+    return functools.partial(configure_runner_threads, int(target.attrs.get("num-cores", 0)))
+
+
+def configure_runner_threads(threads: int) -> None:
+    """In a runner worker, before it runs a kernel (TVM sizes its pool on first use)."""
+    from ...runtime.thread_pool import configure_thread_pool
+
+    configure_thread_pool(tvm, threads)
 
 
 def _builder_initializer(target):
