@@ -49,6 +49,7 @@ CASES = {
     "depthwise-odd-stride2": (1, 15, 15, 30, 30, 3, 2, (1, 1, 1, 1), 1, 30),
     "grouped-17-per-group": (1, 7, 7, 16, 68, 1, 1, (0, 0, 0, 0), 1, 4),
     "first-layer-3-channels": (1, 32, 32, 3, 16, 7, 2, (3, 3, 3, 3), 1, 1),
+    "padded-copy-over-1mib": (1, 128, 128, 16, 16, 3, 1, (1, 1, 1, 1), 1, 1),
 }
 
 
@@ -98,3 +99,18 @@ def test_weight_packing_is_the_layout_the_kernel_reads():
     oc, kh, kw, ic = 21, 2, 1, 5
     assert packed[oc // 16, kh, kw, ic, oc % 16] == w[oc, kh, kw, ic]
     assert conv_lanes(68, 4, 16) == 1 and conv_lanes(272, 4, 16) == 4 and conv_lanes(96, 96, 16) == 16 and conv_lanes(29, 1, 16) == 1
+
+
+@pytest.mark.parametrize("size, parallel_pad", [(12, False), (128, True)])
+def test_padding_runs_in_parallel_only_when_the_copy_is_big(size, parallel_pad, host):
+    """A parallel padding pass wakes the pool's sleeping workers once more per conv; a
+    small padded copy (under PARALLEL_PAD_BYTES) is made by the calling thread."""
+    from tvmdeploy.compiler.kernels.fp32_schedule import PARALLEL_PAD_BYTES
+
+    target, vector = host
+    assert ((size + 2) ** 2 * 16 * 4 >= PARALLEL_PAD_BYTES) == parallel_pad
+    packed_shape = pack_conv2d_weight(np.zeros((16, 3, 3, 16), np.float32), conv_lanes(16, 1, vector[0])).shape
+    func = conv2d_nhwc_packed((1, size, size, 16), packed_shape, 16, 1, (1, 1), (1, 1, 1, 1), (1, 1))
+    text = packed_conv2d_schedule(func, vector, 2).mod["main"].script()
+    root_parallel = [line for line in text.splitlines() if line.startswith("    for ") and "T.parallel" in line]
+    assert len(root_parallel) == (2 if parallel_pad else 1), root_parallel

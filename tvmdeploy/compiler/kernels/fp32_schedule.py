@@ -25,6 +25,9 @@ from .. import _tvm
 from .._tvm import tvm
 from .fp32_packed import BLOCK_NAME, CONV_BLOCK
 
+# A padded copy smaller than this is made by the calling thread alone: a parallel pass of
+# its own wakes the pool's sleeping workers once more per conv (then again for the conv).
+PARALLEL_PAD_BYTES = 1 << 20
 MAX_VECTORS = 4  # output channel vectors per register tile
 MAX_COLUMNS = 28  # output columns per register tile (one vector of channels, 32 registers)
 
@@ -94,8 +97,8 @@ def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
     residual add) is tiled RW columns x V*L channels; the conv is computed into that
     tile (a local buffer LLVM keeps in registers) with the reductions outside and the
     tile's loops unrolled around one L-lane vector; epilogue blocks in between are
-    inlined; padding stays a parallel, vectorized pass of its own (inlined into the
-    loads for depthwise convs)."""
+    inlined; padding stays a vectorized pass of its own, parallel when the padded
+    copy is big (inlined into the loads for depthwise convs)."""
     blocks, conv = find_conv_block(sch)
     _, _, lanes = conv_geometry(sch, conv)
     depthwise = channels_per_group(sch, conv) == 1
@@ -149,7 +152,7 @@ def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
             sch.compute_inline(pad)
             continue
         loops = sch.get_loops(pad)
-        if threads > 1:
+        if threads > 1 and _buffer_bytes(sch, pad) >= PARALLEL_PAD_BYTES:
             sch.parallel(sch.fuse(loops[0], loops[1]))
         sch.vectorize(loops[-1])
 
@@ -190,6 +193,14 @@ def kernel_default_tile(sch, vector: tuple[int, int]) -> ConvTile:
     _, conv = find_conv_block(sch)
     out_width, out_channels, lanes = conv_geometry(sch, conv)
     return default_tile(out_width, -(-out_channels // lanes), vector[1], *operand_bytes(sch, conv))
+
+
+def _buffer_bytes(sch, block) -> int:
+    out = sch.get(block).writes[0].source
+    n = out.dtype.bits // 8
+    for d in out.shape:
+        n *= int(d)
+    return n
 
 
 def operand_bytes(sch, conv) -> tuple[int, int]:
