@@ -351,6 +351,43 @@ class DeadlineSearch(ms.search_strategy.PySearchStrategy):
         return DeadlineSearch(self.inner.clone(), self.deadline, self.on_submit)
 
 
+@tvm.ir.utils.derived_object
+class PooledBuilder(ms.builder.PyBuilder):
+    """MetaSchedule's LocalBuilder with one worker pool for the whole tuning run.
+
+    LocalBuilder starts a fresh pool for every batch (and one more to check its build
+    functions), each worker importing TVM and registering our intrinsics: ~4 s a batch on
+    2 cores, 39 of 65 s of a 16-trial int8 tuning run. Workers here are replaced after
+    `recycle_after` builds instead (the memory growth LocalBuilder's fresh pools avoid).
+    Same worker function, timeouts and result messages as LocalBuilder."""
+
+    def __init__(self, f_build, f_export, initializer, max_workers: int, timeout_sec: float, recycle_after: int = 64):
+        from tvm.support.popen_pool import PopenPoolExecutor
+
+        self.f_build, self.f_export, self.timeout_sec = f_build, f_export, timeout_sec
+        self.pool = PopenPoolExecutor(
+            max_workers=max_workers, timeout=timeout_sec, initializer=initializer, maximum_process_uses=recycle_after,
+        )
+
+    def build(self, build_inputs):
+        from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
+        from tvm.support.popen_pool import StatusKind
+
+        jobs = [(self.f_build, self.f_export, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
+        results = []
+        for done in self.pool.map_with_error_catching(lambda job: _worker_func(*job), jobs):
+            if done.status == StatusKind.COMPLETE:
+                results.append(ms.builder.BuilderResult(done.value, None))
+            elif done.status == StatusKind.TIMEOUT:
+                results.append(ms.builder.BuilderResult(None, f"LocalBuilder: Timeout, killed after {self.timeout_sec} seconds"))
+            else:
+                results.append(ms.builder.BuilderResult(None, "LocalBuilder: An exception occurred\n" + str(done.value)))
+        return results
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
 @contextlib.contextmanager
 def native_stderr_to(path: str | os.PathLike | None):
     """Send what TVM's C++ code writes to stderr (LOG(WARNING)) to a file, or discard it.

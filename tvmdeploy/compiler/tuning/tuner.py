@@ -194,6 +194,8 @@ def tune(
                 )
         except Exception as e:
             raise BuildError(f"tuning failed: {summarize_exception(e)} (MetaSchedule logs: {log_dir})") from e
+        finally:
+            measurer.close()
         if deadline.interrupted:
             # Every measured batch is already merged into the cache and the ledger still
             # says "started", so the next run continues these kernels.
@@ -221,10 +223,10 @@ class _Measurer:
         llvm = target.kind.name == "llvm"
         self.cores = int(target.attrs.get("num-cores", os.cpu_count() or 1)) if llvm else (os.cpu_count() or 1)
         evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
-        self.builder = ms.builder.LocalBuilder(
+        self.builder = _tvm.PooledBuilder(
             f_build=_tvm.metaschedule_build,
             f_export=measure.f_export() if measure else None,  # remote: link with the cross compiler
-            # Once per worker (the pool is recreated per batch), not once per candidate.
+            # Once per worker process, not once per candidate.
             initializer=_builder_initializer(target),
             max_workers=self.cores,
             timeout_sec=60,
@@ -233,6 +235,9 @@ class _Measurer:
             measure.runner(evaluator) if measure
             else ms.runner.LocalRunner(timeout_sec=30, evaluator_config=evaluator, initializer=_runner_initializer(target))
         )
+
+    def close(self) -> None:
+        self.builder.close()
 
 
 def measure_defaults(tasks, target, database, measurer: _Measurer, deadline: "_Deadline") -> int:
@@ -297,6 +302,10 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
     ms_logger.setLevel(logging.WARNING)  # the console handler MetaSchedule adds inherits this
     # One context per task, each with its kernel's design space (int8 kernels tensorize).
     contexts, weights = [], []
+    # Small enough for about three rounds over all tasks within the global budget, so the
+    # gradient scheduler can move trials to where the latency is, and at least two batches
+    # per task (so a killed run has something left to continue).
+    per_iter = _trials_per_iter(trials, per_task, len(tasks))
     # Each context (re)configures MetaSchedule's loggers with a console handler on stdout
     # and announces its "Logging directory" there: one line per kernel on the user's
     # terminal. INFO is off while they are made; afterwards the logs go to files only.
@@ -309,7 +318,7 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
                 work_dir=str(log_dir),  # MetaSchedule writes its per-task logs under <work_dir>/logs
                 space=space_for_kernel(task.dispatched[0]["main"] if isinstance(task.dispatched[0], tvm.ir.IRModule)
                                        else task.dispatched[0], target),
-                strategy=_tvm.DeadlineSearch(ms.search_strategy.EvolutionarySearch(), deadline, callback.submitted),
+                strategy=_tvm.DeadlineSearch(_evolutionary_search(per_iter), deadline, callback.submitted),
                 num_threads=cores,
                 seed=0,
             )
@@ -324,10 +333,7 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
         work_dir=str(log_dir),
         max_trials_global=trials,
         max_trials_per_task=per_task,
-        # Small enough for about three rounds over all tasks within the global budget, so
-        # the gradient scheduler can move trials to where the latency is, and at least
-        # two batches per task (so a killed run has something left to continue).
-        num_trials_per_iter=_trials_per_iter(trials, per_task, len(tasks)),
+        num_trials_per_iter=per_iter,
         builder=measurer.builder,
         runner=measurer.runner,
         database=database,
@@ -382,6 +388,15 @@ def _stop_on_signals(deadline: _Deadline, progress: Progress):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _evolutionary_search(per_iter: int):
+    """MetaSchedule's evolutionary search, its population scaled to the batch: 8 samples
+    per candidate measured, as its defaults (512 for batches of 64), at least 64. Each
+    sample is postprocessed and scored, so a batch of 2 from 512 samples cost 1.5 s of
+    search per int8 kernel (tensorized samples are the slow ones)."""
+    population = min(512, max(64, 8 * per_iter))
+    return ms.search_strategy.EvolutionarySearch(population_size=population, init_min_unmeasured=min(50, population // 2))
 
 
 def _trials_per_iter(trials: int, per_task: int, num_tasks: int) -> int:
