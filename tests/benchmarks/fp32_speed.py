@@ -192,7 +192,7 @@ def scheduled_module(onnx_path: Path, target_name: str, cache_dir: Path):
 
 
 def kernel_table(artifact: Path, onnx_path: Path, target_name: str, cache_dir: Path, threads: int,
-                 fma_units: int, ghz: float | None, number: int) -> str:
+                 fma_units: int, ghz: float | None, number: int, rounds: int = 7) -> str:
     import tvm
 
     from tvmdeploy.compiler import _tvm
@@ -215,21 +215,31 @@ def kernel_table(artifact: Path, onnx_path: Path, target_name: str, cache_dir: P
     library = getattr(built, "mod", built)
     device = tvm.cpu()
     rng = np.random.default_rng(0)
-    rows = []
+    timers = {}
     for name, func in kernels.items():
-        flops = _tvm.estimate_flops(tvm.ir.IRModule({"main": func}))
         args = []
         for info in _tvm.ms.arg_info.ArgInfo.from_prim_func(func):
             shape, dtype = [int(d) for d in info.shape], str(info.dtype)
             values = rng.standard_normal(shape).astype(dtype) if "float" in dtype else np.zeros(shape, dtype)
             args.append(tvm.runtime.tensor(values, device))
         owner = next((m for m in [library, *library.imports] if m.implements_function(name)), None)
-        timer = owner.time_evaluator(name, device, number=number, repeat=3) if owner is not None else None
-        seconds = float(np.median(timer(*args).results)) if timer else float("nan")
+        if owner is not None:
+            timers[name] = (owner.time_evaluator(name, device, number=number, repeat=1), args)
+    # Rounds over all kernels, the median per kernel: with the workers asleep between
+    # calls, one kernel timed in one stretch read 870-1410 us from stretch to stretch on
+    # this VM (734-747 us spinning); spread over the run, every kernel sees the same drift.
+    samples: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name, (timer, args) in timers.items():
+            samples[name].append(float(timer(*args).results[0]))
+    rows = []
+    for name, func in kernels.items():
+        flops = _tvm.estimate_flops(tvm.ir.IRModule({"main": func}))
+        seconds = float(np.median(samples[name])) if samples.get(name) else float("nan")
         rows.append((name, calls[name], flops, seconds))
     peak, peak_text = fp32_peak_gflops(target, threads, fma_units, ghz)
     total = sum(c * s for _, c, _, s in rows)
-    lines = [f"  per kernel (each timed alone; fp32 peak: {peak_text})",
+    lines = [f"  per kernel (each timed alone, median of {rounds} rounds over all kernels; fp32 peak: {peak_text})",
              f"  {'kernel':<52}{'calls':>6}{'us/call':>10}{'GFLOPS':>9}{'share':>8}{'% peak':>8}"]
     for name, n, flops, seconds in sorted(rows, key=lambda r: -r[1] * r[3]):
         gflops = flops / seconds / 1e9 if seconds > 0 else 0.0

@@ -88,7 +88,7 @@ def test_analytic_default_is_tensorized_register_blocked_and_exact(preset, case)
     assert f'tensor_intrin="{packed_int8_for(target).intrinsic}"' in trace
     assert "enter_postproc" in trace  # the postprocessors ran on the replayed sample
     # The tile is the rule's: RW output columns (S3) x V channel vectors (S2).
-    (group,) = _tvm.tensorized_tiled_blocks(schedule.trace)
+    (group,) = _tvm.tiled_blocks(schedule.trace, tensorized_only=True)
     spatial = [(inst, extent) for inst, extent, n in group if n == 4]  # ..., output columns, channel blocks
     (column_loop, width), (block_loop, blocks) = spatial[-2], spatial[-1]
     columns, vectors = int8_tile(width, blocks, accumulator_registers(target))

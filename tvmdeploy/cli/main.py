@@ -616,7 +616,7 @@ def _cmd_inspect(args) -> int:
 
 
 def _inspect_folder(args, folder: Path) -> int:
-    from ..runtime.loader import read_manifest, verify_files
+    from ..runtime.artifact_manifest import read_manifest, verify_files
     from ..runtime.signing import SIGNATURE_NAME, verify_manifest_signature
 
     manifest = read_manifest(folder)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import importlib.util
 import os
 import platform
@@ -210,46 +211,23 @@ def arg_bytes(prim_func) -> list[int]:
     ]
 
 
-def tiled_blocks(trace) -> list[list[tuple[Any, int, int]]]:
+def tiled_blocks(trace, tensorized_only: bool = False) -> list[list[tuple[Any, int, int]]]:
     """MetaSchedule's multi-level tiling in a trace: per tiled block, its loops' tile
-    instructions as (instruction, loop extent, tile count), in loop order."""
-    groups: list[list] = []
+    instructions as (instruction, loop extent, tile count), in loop order.
+    tensorized_only: only blocks MetaSchedule tensorizes (a tiling annotated
+    "meta_schedule.auto_tensorize" by MultiLevelTilingWithIntrin before its tiles are sampled)."""
+    groups: list[tuple[bool, list]] = []  # (tensorized, tiles)
     for inst in trace.insts:
         kind = inst.kind.name
-        if kind == "Annotate" and "meta_schedule.tiling_structure" in str(inst.attrs):
-            groups.append([])
+        attrs = str(inst.attrs) if kind == "Annotate" else ""
+        if "meta_schedule.tiling_structure" in attrs:
+            groups.append((False, []))
+        elif "meta_schedule.auto_tensorize" in attrs and groups and not groups[-1][1]:
+            groups[-1] = (True, groups[-1][1])
         elif kind == "SamplePerfectTile" and groups:
             decision = [int(d) for d in trace.decisions[inst]]
-            extent = 1
-            for d in decision:
-                extent *= d
-            groups[-1].append((inst, extent, len(decision)))
-    return groups
-
-
-def tensorized_tiled_blocks(trace) -> list[list[tuple[Any, int, int]]]:
-    """tiled_blocks, only those of blocks MetaSchedule tensorizes (a tiling annotated
-    "meta_schedule.auto_tensorize" by MultiLevelTilingWithIntrin before its tiles are sampled)."""
-    groups: list[list] = []
-    current: list | None = None
-    tensorized = False
-    for inst in trace.insts:
-        kind = inst.kind.name
-        if kind == "Annotate" and "meta_schedule.tiling_structure" in str(inst.attrs):
-            if current is not None and tensorized:
-                groups.append(current)
-            current, tensorized = [], False
-        elif kind == "Annotate" and "meta_schedule.auto_tensorize" in str(inst.attrs) and current == []:
-            tensorized = True
-        elif kind == "SamplePerfectTile" and current is not None:
-            decision = [int(d) for d in trace.decisions[inst]]
-            extent = 1
-            for d in decision:
-                extent *= d
-            current.append((inst, extent, len(decision)))
-    if current is not None and tensorized:
-        groups.append(current)
-    return groups
+            groups[-1][1].append((inst, math.prod(decision), len(decision)))
+    return [tiles for tensorized, tiles in groups if tensorized or not tensorized_only]
 
 
 def builds(mod, target) -> bool:
@@ -528,7 +506,6 @@ __all__ = [
     "compute_location_choices",
     "COMPUTE_AT_ROOT",
     "tiled_blocks",
-    "tensorized_tiled_blocks",
     "builds",
     "postprocessed",
     "unroll_choices",

@@ -89,7 +89,7 @@ def write_signature(folder: Path, signer: Signer) -> Path:
 def sign_artifact(artifact: str | os.PathLike, key_path: str | os.PathLike) -> Path:
     """Sign an existing artifact folder, after checking its files match its manifest
     (a signature must not vouch for a corrupted artifact). Returns the signature file."""
-    from ..runtime.loader import read_manifest, verify_files
+    from ..runtime.artifact_manifest import read_manifest, verify_files
 
     signer = load_signer(key_path)
     folder = Path(artifact)

@@ -17,6 +17,7 @@ Imports nothing from the compile side and never TVM.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tarfile
@@ -25,6 +26,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import ArtifactError
+from .artifact_manifest import read_manifest, verify_files
 from .manifest import MANIFEST_NAME
 from .signing import SIGNATURE_NAME
 
@@ -41,8 +43,6 @@ class BundleError(ArtifactError):
 
 def pack(artifact: str | os.PathLike, output: str | os.PathLike) -> Path:
     """Write the artifact folder (verified first) into one bundle file; returns its path."""
-    from .loader import read_manifest, verify_files
-
     folder = Path(artifact)
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
@@ -138,8 +138,6 @@ def _extract(path: Path, dest: Path, max_members: int, max_member_bytes: int, ma
             raise BundleError(f"{path}: the bundle is truncated or corrupt ({type(e).__name__}: {e}); download it again") from None
     if MANIFEST_NAME not in seen:
         raise BundleError(f"{path}: the bundle holds no {MANIFEST_NAME}; not a bundle from `tvmdeploy pack`")
-    from .loader import read_manifest
-
     listed = {MANIFEST_NAME, SIGNATURE_NAME, *read_manifest(dest).files}
     extra = sorted(seen - listed)
     if extra:
@@ -165,20 +163,17 @@ def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path, l
         raise BundleError(f"{bundle}: member {member.name!r} is truncated; download the bundle again")
 
 
-def load_bundle(bundle: str | os.PathLike, **load_options):
-    """Unpack, verify and load a bundle (see loader.load); the unpacked files are removed
-    once the model is loaded (the library is mapped, the weights read)."""
-    from .loader import load
-
+@contextlib.contextmanager
+def unpacked(bundle: str | os.PathLike):
+    """The bundle unpacked (see unpack) into a folder that is removed when the block ends;
+    an ArtifactError from the block names the bundle, not the temporary folder."""
     folder = unpack(bundle)
     try:
-        model = load(folder, **load_options)
-    except ArtifactError as e:  # name the bundle, not the temporary folder
+        yield folder
+    except ArtifactError as e:
         raise type(e)(str(e).replace(str(folder), str(bundle))) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    model.path = Path(bundle)
-    return model
 
 
-__all__ = ["BUNDLE_SUFFIX", "BundleError", "load_bundle", "pack", "unpack"]
+__all__ = ["BUNDLE_SUFFIX", "BundleError", "pack", "unpack", "unpacked"]

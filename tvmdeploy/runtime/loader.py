@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import platform
 import threading
@@ -24,60 +23,18 @@ import numpy as np
 
 from .devices import require_cuda
 from ..errors import ArtifactError, InputMismatchError
-from . import schema
 from .artifact_files import ArtifactFolder
+from .artifact_manifest import read_checked_manifest, read_manifest, verify_files
 from .thread_pool import configure_thread_pool
-from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, TensorSpec
-from .schema import MAX_MANIFEST_BYTES
+from .manifest import MANIFEST_NAME, Manifest, TensorSpec
 from .weights_file import read_weights
 from .inputs import random_inputs
 from .host_buffers import HostInputs, host_numpy
 from .tvm_library import import_tvm
 
-__all__ = ["LoadedModel", "load", "read_manifest"]
+__all__ = ["LoadedModel", "load", "read_manifest", "verify_files"]
 
 _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
-
-
-def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Read an artifact's manifest and check it against the schema (no hashing, no TVM)."""
-    with ArtifactFolder(path) as folder:
-        return _read_manifest(folder)
-
-
-def _read_manifest(folder: ArtifactFolder, trusted_keys=None) -> Manifest:
-    """The manifest, schema-checked; with trusted keys, parsed from the very bytes whose
-    signature was checked (before any other file is read)."""
-    where = folder.path / MANIFEST_NAME
-    if not folder.exists(MANIFEST_NAME):
-        raise ArtifactError(f"{folder.path}: not a tvmdeploy artifact (no {MANIFEST_NAME}); compile one with `tvmdeploy compile`")
-    text = folder.read(MANIFEST_NAME, MAX_MANIFEST_BYTES)
-    if trusted_keys is not None:
-        from .signing import SIGNATURE_NAME, check_signature
-
-        signature = folder.read(SIGNATURE_NAME, 64 * 1024) if folder.exists(SIGNATURE_NAME) else None
-        check_signature(folder.path, text, signature, trusted_keys)
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
-        raise ArtifactError(f"{where}: unreadable manifest ({type(e).__name__}: {str(e)[:200]}); recompile the artifact") from None
-    version = data.get("schema_version") if isinstance(data, dict) else None
-    if isinstance(version, int) and version > SCHEMA_VERSION:
-        raise ArtifactError(
-            f"{where}: manifest schema {version} is newer than this "
-            f"tvmdeploy understands ({SCHEMA_VERSION}); upgrade tvmdeploy"
-        )
-    try:
-        schema.validate(data)
-    except schema.SchemaError as e:
-        raise ArtifactError(f"{where}: {e}; recompile the artifact") from None
-    return Manifest.from_dict(data)
-
-
-def verify_files(folder: str | os.PathLike, manifest: Manifest) -> dict[str, int]:
-    """Hash every file the manifest lists, each read once from its own descriptor; {name: size}."""
-    with ArtifactFolder(folder) as opened:
-        return {name: opened.verify(name, expected) for name, expected in manifest.files.items()}
 
 
 def machine_arch() -> str:
@@ -260,11 +217,14 @@ def load(
     signature by one of them, checked first (see signing.py).
     """
     if Path(path).is_file():  # a single-file bundle: unpacked safely, then loaded as a folder
-        from .bundle import load_bundle
+        from .bundle import unpacked
 
-        return load_bundle(path, device=device, threads=threads, trusted_keys=trusted_keys)
+        with unpacked(path) as folder:  # removed once the model is loaded (library mapped, weights read)
+            model = load(folder, device=device, threads=threads, trusted_keys=trusted_keys)
+        model.path = Path(path)
+        return model
     with ArtifactFolder(path) as files:
-        manifest = _read_manifest(files, trusted_keys)
+        manifest = read_checked_manifest(files, trusted_keys)
         device = device or manifest.device
         used = {manifest.library, manifest.weights}  # hashed where they are read, just once
         for name, expected in manifest.files.items():

@@ -23,7 +23,8 @@ from .bench import Timing
 from ..errors import ArtifactError, RemoteError, summarize_exception
 from .artifact_files import ArtifactFolder
 from .manifest import Manifest
-from .loader import LoadedModel, read_manifest, to_numpy, verify_files
+from .artifact_manifest import read_manifest, verify_files
+from .loader import LoadedModel, to_numpy
 from .tvm_library import import_tvm
 
 __all__ = ["RemoteDevice", "RemoteBench", "RemoteTimeout", "bounded", "RemoteModel", "bench_remote", "load_remote", "parse_address", "tracker_summary", "wait_for_device"]

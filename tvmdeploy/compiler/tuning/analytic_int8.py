@@ -128,7 +128,7 @@ def int8_default_schedule(func, target, cores: int, seed: int = 1):
 
 
 def _replay(context, trace, target):
-    groups = _tvm.tensorized_tiled_blocks(trace)
+    groups = _tvm.tiled_blocks(trace, tensorized_only=True)
     if len(groups) != 1:  # no tensorized block (the intrinsic did not match), or several
         return None
     decisions = tile_decisions(groups[0], accumulator_registers(target))
