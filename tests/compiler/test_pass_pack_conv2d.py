@@ -91,6 +91,13 @@ def test_padding_only_where_it_adds_at_most_half_the_work(per_group, lanes, comp
     assert padded_channels(per_group * 2, 2, lanes) == computed
 
 
+@pytest.mark.parametrize("channels, lanes, computed", [(1000, 16, 1024), (1000, 8, 1008), (272, 16, 288), (48, 16, 48),
+                                                       (40, 16, 48), (100, 16, 112), (64, 16, 64), (16, 16, 16)])
+def test_an_odd_vector_count_becomes_even_where_that_adds_little(channels, lanes, computed):
+    """Ungrouped convs only: a 2-vector register tile needs an even vector count."""
+    assert padded_channels(channels, 1, lanes) == computed
+
+
 @pytest.mark.parametrize("weight, groups", [(W24, 1), (G28, 2)], ids=["24-channels", "2x28-grouped"])
 def test_padded_kernels_compute_the_same_numbers(weight, groups):
     _, target = resolve_preset(load_preset("host"))
