@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import importlib.util
+import math
 import os
 import platform
 import sys
@@ -201,14 +201,17 @@ def register_tvm_tensor_intrinsics(target_kind: str = "llvm") -> None:
 
 def arg_bytes(prim_func) -> list[int]:
     """Bytes of each of a kernel's tensor arguments (static shapes)."""
-    import math
-
     import numpy as np
 
     return [
         math.prod(int(d) for d in info.shape) * np.dtype(str(info.dtype)).itemsize
         for info in ms.arg_info.ArgInfo.from_prim_func(prim_func)
     ]
+
+
+def buffer_bytes(buffer) -> int:
+    """Bytes of a TIR buffer of static shape."""
+    return math.prod(int(d) for d in buffer.shape) * buffer.dtype.bits // 8
 
 
 def tiled_blocks(trace, tensorized_only: bool = False) -> list[list[tuple[Any, int, int]]]:
@@ -505,6 +508,7 @@ __all__ = [
     "replay_with_decisions",
     "compute_location_choices",
     "COMPUTE_AT_ROOT",
+    "buffer_bytes",
     "tiled_blocks",
     "builds",
     "postprocessed",

@@ -152,7 +152,7 @@ def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
             sch.compute_inline(pad)
             continue
         loops = sch.get_loops(pad)
-        if threads > 1 and _buffer_bytes(sch, pad) >= PARALLEL_PAD_BYTES:
+        if threads > 1 and _tvm.buffer_bytes(sch.get(pad).writes[0].source) >= PARALLEL_PAD_BYTES:
             sch.parallel(sch.fuse(loops[0], loops[1]))
         sch.vectorize(loops[-1])
 
@@ -195,22 +195,9 @@ def kernel_default_tile(sch, vector: tuple[int, int]) -> ConvTile:
     return default_tile(out_width, -(-out_channels // lanes), vector[1], *operand_bytes(sch, conv))
 
 
-def _buffer_bytes(sch, block) -> int:
-    out = sch.get(block).writes[0].source
-    n = out.dtype.bits // 8
-    for d in out.shape:
-        n *= int(d)
-    return n
-
-
 def operand_bytes(sch, conv) -> tuple[int, int]:
     block = sch.get(conv)
-    sizes = []
-    for region in block.reads:
-        n = 4
-        for d in region.source.shape:
-            n *= int(d)
-        sizes.append((len(region.source.shape), n))
+    sizes = [(len(region.source.shape), _tvm.buffer_bytes(region.source)) for region in block.reads]
     weight = sum(n for rank, n in sizes if rank == 5)
     data = sum(n for rank, n in sizes if rank == 4)
     return weight, data
