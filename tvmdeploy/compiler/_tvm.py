@@ -167,6 +167,13 @@ def cross_compiler(compiler: str, options: list[str]) -> Callable:
     return cc.cross_compiler(compiler, options=list(options))
 
 
+def host_compiler() -> str:
+    """The C compiler TVM links host libraries with ($CXX/$CC, else the first of g++, gcc, ...)."""
+    from tvm.support import cc
+
+    return cc.get_cc() or "cc"
+
+
 def estimate_flops(prim_func) -> float:
     from tvm.s_tir.analysis import estimate_tir_flops
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import tvm
@@ -17,8 +19,13 @@ def library_file_name(preset: Preset) -> str:
     return "model.tar" if preset.build.export_format == "tar" else "model.so"
 
 
-def build_library(mod: tvm.ir.IRModule, target: tvm.target.Target, preset: Preset, path: Path) -> None:
-    """Compile `mod` for `target` and write the library for `preset` to `path`."""
+# tvmdeploy's thread pool (see the file), linked into every shared library for a Linux CPU.
+PARALLEL_POOL_SOURCE = Path(__file__).parent / "native" / "parallel_pool.c"
+
+
+def build_library(mod: tvm.ir.IRModule, target: tvm.target.Target, preset: Preset, path: Path) -> str:
+    """Compile `mod` for `target` and write the library for `preset` to `path`; returns the
+    thread pool its parallel kernels can run on ("tvmdeploy" or "tvm")."""
     fcompile = export_compiler(preset)  # checked before the (slow) compile
     try:
         with _device_codegen(target, preset):
@@ -27,13 +34,37 @@ def build_library(mod: tvm.ir.IRModule, target: tvm.target.Target, preset: Prese
         raise
     except Exception as e:
         raise BuildError(f"TVM failed to compile the model for {preset.name}: {summarize_exception(e)}") from e
+    with tempfile.TemporaryDirectory(prefix="tvmdeploy-build-") as scratch:
+        pool = parallel_pool_object(target, preset, Path(scratch))
+        extra = {"addons": [str(pool)], "options": ["-pthread"]} if pool else {}
+        try:
+            if fcompile is None:
+                executable.export_library(str(path), **extra)
+            else:
+                executable.export_library(str(path), fcompile=fcompile, **extra)
+        except Exception as e:
+            raise BuildError(f"exporting the library for {preset.name} failed: {summarize_exception(e)}") from e
+    return "tvmdeploy" if pool else "tvm"
+
+
+def parallel_pool_object(target: tvm.target.Target, preset: Preset, folder: Path) -> Path | None:
+    """The thread pool compiled for the preset (None where it does not apply: GPU targets,
+    object-file exports, non-Linux triples)."""
+    triple = str(target.attrs.get("mtriple", "")) if target.kind.name == "llvm" else ""
+    if "linux" not in triple or preset.build.export_format != "so":
+        return None
+    compiler = preset.build.cross_compiler or _tvm.host_compiler()
+    sysroot = [f"--sysroot={preset.build.sysroot}"] if preset.build.sysroot else []
+    out = folder / "parallel_pool.o"
+    command = [compiler, *sysroot, "-x", "c", "-std=gnu11", "-O2", "-fPIC", "-c", str(PARALLEL_POOL_SOURCE), "-o", str(out)]
     try:
-        if fcompile is None:
-            executable.export_library(str(path))
-        else:
-            executable.export_library(str(path), fcompile=fcompile)
-    except Exception as e:
-        raise BuildError(f"exporting the library for {preset.name} failed: {summarize_exception(e)}") from e
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BuildError(f"compiling the thread pool for {preset.name} with {compiler} failed: {e}") from None
+    if result.returncode != 0:
+        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BuildError(f"compiling the thread pool for {preset.name} with {compiler} failed: {detail}")
+    return out
 
 
 def _device_codegen(target: tvm.target.Target, preset: Preset):

@@ -137,10 +137,12 @@ def compile_model(
     with staging_folder(destination) as staging:
         # 7. Build: tvm.compile (codegen) and export the shared library (+ compact weights).
         library = library_file_name(preset)
-        build_library(scheduled, tvm_target, preset, staging / library)
+        thread_pool = build_library(scheduled, tvm_target, preset, staging / library)
         if shrunk.weights is not None:
             write_weights(staging / WEIGHTS_FILE, shrunk.weights)
-        reports.build = BuildReport(library=library, weights="embedded" if shrunk.weights is None else WEIGHTS_FILE)
+        reports.build = BuildReport(
+            library=library, weights="embedded" if shrunk.weights is None else WEIGHTS_FILE, thread_pool=thread_pool
+        )
         if reports.schedule.tuning is not None:
             reports.build.measured_ms = _measured_ms(staging / library, preset, imported.inputs, shrunk.weights)
 
@@ -192,7 +194,7 @@ def _manifest(imported, preset, tvm_target, reports: "CompileReports", seconds: 
     tuning = reports.schedule.to_json()
     if reports.build.measured_ms is not None:
         tuning["measured_ms"] = reports.build.measured_ms
-    extra = {"import": reports.imported.to_json(), "tuning": tuning}
+    extra = {"import": reports.imported.to_json(), "tuning": tuning, "build": {"thread_pool": reports.build.thread_pool}}
     if reports.pruning is not None:
         extra["pruning"] = reports.pruning.to_json()
     if reports.compression is not None:

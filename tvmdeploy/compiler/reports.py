@@ -162,6 +162,7 @@ class BuildReport(StageReport):
     library: str = ""
     weights: str = "embedded"  # or the weights file beside the library
     measured_ms: float | None = None  # median latency here, when this compile tuned and can run here
+    thread_pool: str = "tvm"  # "tvmdeploy": the library carries tvmdeploy's pool (native/parallel_pool.c)
 
 
 def passes_run(*reports: StageReport | None) -> list[str]:

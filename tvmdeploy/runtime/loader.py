@@ -25,7 +25,8 @@ from .devices import require_cuda
 from ..errors import ArtifactError, InputMismatchError
 from .artifact_files import ArtifactFolder
 from .artifact_manifest import read_checked_manifest, read_manifest, verify_files
-from .thread_pool import configure_thread_pool
+from .parallel_pool import attach as attach_parallel_pool
+from .thread_pool import configure_thread_pool, physical_cores
 from .manifest import MANIFEST_NAME, Manifest, TensorSpec
 from .weights_file import read_weights
 from .inputs import random_inputs
@@ -103,13 +104,17 @@ class LoadedModel:
                 f"{folder}: needs a {device} device, but none is present (no GPU or no driver); "
                 f"run it on a machine with one"
             )
-        configure_thread_pool(tvm, manifest.threads if threads is None else threads)
+        threads = manifest.threads if threads is None else threads
+        configure_thread_pool(tvm, threads)
+        self._pool = None
         with contextlib.ExitStack() as stack:
             files = files or stack.enter_context(ArtifactFolder(folder))
             # The library is loaded from a private copy of the bytes that were hashed, the
             # weights are parsed from the bytes that were hashed: nothing is re-read by path.
             with files.private_copy(manifest.library, manifest.files[manifest.library]) as copy:
                 library = tvm.runtime.load_module(str(copy))
+                if device == "cpu":  # the library's own thread pool, where it has one
+                    self._pool = attach_parallel_pool(copy, threads or physical_cores())
             weights = _read_weights(files, manifest)
         self._vm = tvm.runtime.vm.VirtualMachine(library, self._device)
         self._main = self._vm["main"]
@@ -135,9 +140,13 @@ class LoadedModel:
         with self._lock:  # outputs live in the VM's storage until the next call: copied inside
             return to_numpy(self._run(*self._host_inputs.tensors(arrays), *self._weights))
 
+    def _inference(self):
+        return self._pool.inference() if self._pool is not None else contextlib.nullcontext()
+
     def _run(self, *tensors):
         try:
-            return self._main(*tensors)
+            with self._inference():
+                return self._main(*tensors)
         except Exception as e:
             # Inputs that match the manifest but not the library: the manifest (not covered
             # by its own hashes) was edited, or describes another build.
@@ -197,7 +206,8 @@ class LoadedModel:
             times = []
             for _ in range(repeat):
                 start = time.perf_counter()
-                self._main(*tensors)
+                with self._inference():
+                    self._main(*tensors)
                 self._device.sync()
                 times.append(time.perf_counter() - start)
         return times

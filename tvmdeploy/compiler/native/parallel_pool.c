@@ -1,0 +1,312 @@
+/* tvmdeploy's thread pool for the parallel loops of an artifact's CPU kernels.
+ *
+ * Compiled into every shared library tvmdeploy builds for a CPU target; TVM's own pool
+ * stays in use unless the loader points the library's __TVMBackendParallelLaunch at
+ * tvmdeploy_parallel_launch (runtime/parallel_pool.py).
+ *
+ * Why: between kernels TVM's workers either sleep (woken per kernel: 20-60 us per launch
+ * on the 2-vCPU VMs measured, the whole gap to ONNX Runtime on models of many small
+ * kernels) or spin with sched_yield, which on a machine with another busy process hands
+ * the core away for whole time slices (40x slower). Here workers spin with a pause
+ * instruction while an inference runs (tvmdeploy_pool_begin .. _end) and sleep on a
+ * futex between inferences. A worker preempted while spinning (another process wants
+ * the core) turns spinning off for the next inferences, doubling that count each time
+ * it happens again; the caller's thread also claims tasks a late worker has not taken,
+ * so a descheduled worker never stalls a kernel that has not started on it.
+ *
+ * Tasks are claimed from one 64-bit word, (job generation << 32) | next task, so a
+ * worker late for a job can never run a task of the next one. Linux only (futex,
+ * RUSAGE_THREAD). */
+#define _GNU_SOURCE
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Bind the pthread functions glibc 2.34 moved into libc to their older versions, so the
+ * library loads on the glibc TVM's runtime wheels need (>= 2.28), not only on the build
+ * machine's. (Their older versions live in libpthread there, which every threaded process
+ * that loads TVM's runtime has mapped.) */
+#if defined(__GLIBC__) && defined(__x86_64__)
+#define OLD_GLIBC "GLIBC_2.2.5"
+#define OLD_GLIBC_AFFINITY "GLIBC_2.3.4"
+#elif defined(__GLIBC__) && defined(__aarch64__)
+#define OLD_GLIBC "GLIBC_2.17"
+#define OLD_GLIBC_AFFINITY "GLIBC_2.17"
+#endif
+#ifdef OLD_GLIBC
+__asm__(".symver pthread_create, pthread_create@" OLD_GLIBC);
+__asm__(".symver pthread_join, pthread_join@" OLD_GLIBC);
+__asm__(".symver pthread_mutex_trylock, pthread_mutex_trylock@" OLD_GLIBC);
+__asm__(".symver pthread_setaffinity_np, pthread_setaffinity_np@" OLD_GLIBC_AFFINITY);
+#endif
+
+typedef struct {
+  void* sync_handle;
+  int32_t num_task;
+} TVMParallelGroupEnv;
+typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv* penv, void* cdata);
+
+#define MAX_THREADS 256
+#define MAX_BACKOFF 256        /* inferences without spinning after repeated preemption */
+#define CALLER_WAIT_NS 50000   /* the caller spins this long for running tasks, then sleeps */
+
+static int pool_threads = 1;
+static int started;
+static pthread_t workers[MAX_THREADS];
+static pthread_mutex_t launch_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic uint64_t claim;   /* (generation << 32) | next unclaimed task */
+static _Atomic uint32_t wake_word; /* futex word the sleeping workers wait on */
+static _Atomic uint32_t done;      /* tasks of the current job finished (futex word) */
+static _Atomic int sleepers;
+static _Atomic int spinning;       /* workers spin between jobs (an inference is running) */
+static _Atomic int preempted;      /* a spinning worker was preempted in this inference */
+static _Atomic int shutting_down;
+static _Atomic int failed;
+static _Atomic uint64_t launches, parallel_launches;
+static int backoff, backoff_left;  /* under launch_lock */
+static FTVMParallelLambda job_fn;
+static void* job_data;
+static TVMParallelGroupEnv job_env;
+static __thread int in_pool;
+
+static long futex(_Atomic uint32_t* word, int op, uint32_t value) {
+  return syscall(SYS_futex, (uint32_t*)word, op, value, NULL, NULL, 0);
+}
+
+static int64_t now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static long involuntary_switches(void) {
+  struct rusage usage;
+  return getrusage(RUSAGE_THREAD, &usage) == 0 ? usage.ru_nivcsw : 0;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+/* Claim and run tasks of job `gen` until none is left unclaimed. */
+static void run_tasks(uint32_t gen) {
+  for (;;) {
+    uint64_t word = atomic_load(&claim);
+    if ((uint32_t)(word >> 32) != gen || (int)(uint32_t)word >= job_env.num_task) return;
+    if (!atomic_compare_exchange_weak(&claim, &word, word + 1)) continue;
+    /* Claimed: the job cannot finish (nor its fields change) before this task does. */
+    if (job_fn((int)(uint32_t)word, &job_env, job_data) != 0) atomic_store(&failed, 1);
+    if ((int)atomic_fetch_add(&done, 1) + 1 == job_env.num_task) futex(&done, FUTEX_WAKE_PRIVATE, 1);
+  }
+}
+
+/* Wait for a job newer than `seen`: spin while an inference runs, else sleep. */
+static uint32_t wait_for_job(uint32_t seen) {
+  long switches = -1;
+  for (;;) {
+    uint32_t gen = (uint32_t)(atomic_load(&claim) >> 32);
+    if (gen != seen) return gen;
+    if (atomic_load(&spinning)) {
+      if (switches < 0) switches = involuntary_switches();
+      for (int i = 0; i < 64; ++i) cpu_relax();
+      continue;
+    }
+    if (switches >= 0 && involuntary_switches() != switches) atomic_store(&preempted, 1);
+    switches = -1;
+    uint32_t ticket = atomic_load(&wake_word);
+    atomic_fetch_add(&sleepers, 1);
+    if ((uint32_t)(atomic_load(&claim) >> 32) == seen && !atomic_load(&spinning))
+      futex(&wake_word, FUTEX_WAIT_PRIVATE, ticket);
+    atomic_fetch_sub(&sleepers, 1);
+  }
+}
+
+static void* worker_main(void* arg) {
+  uint32_t seen = (uint32_t)(uintptr_t)arg;
+  in_pool = 1;
+  for (;;) {
+    seen = wait_for_job(seen);
+    if (atomic_load(&shutting_down)) return NULL;
+    run_tasks(seen);
+  }
+}
+
+static void wake_workers(void) {
+  atomic_fetch_add(&wake_word, 1);
+  if (atomic_load(&sleepers) > 0) futex(&wake_word, FUTEX_WAKE_PRIVATE, INT_MAX);
+}
+
+/* Worker i runs on the i-th CPU this process may use; the caller, during an inference,
+ * on the CPUs no worker has (else the scheduler may wake it on a spinning worker's CPU,
+ * and the two share that CPU until it migrates: 2-4x slower inferences). */
+static cpu_set_t caller_cpus;
+static int have_caller_cpus;
+static __thread cpu_set_t caller_saved;
+static __thread int caller_pinned;
+
+static void pin(pthread_t thread, int index) {
+  cpu_set_t allowed, one;
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return;
+  for (int cpu = 0, seen = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &allowed)) continue;
+    if (seen++ == index) {
+      CPU_ZERO(&one);
+      CPU_SET(cpu, &one);
+      if (pthread_setaffinity_np(thread, sizeof(one), &one) == 0) {
+        if (!have_caller_cpus) { caller_cpus = allowed; have_caller_cpus = 1; }
+        CPU_CLR(cpu, &caller_cpus);
+      }
+      return;
+    }
+  }
+}
+
+static void pin_caller(void) {
+  if (!have_caller_cpus || CPU_COUNT(&caller_cpus) == 0) return;
+  if (sched_getaffinity(0, sizeof(caller_saved), &caller_saved) != 0) return;
+  caller_pinned = sched_setaffinity(0, sizeof(caller_cpus), &caller_cpus) == 0;
+}
+
+static void unpin_caller(void) {
+  if (caller_pinned) sched_setaffinity(0, sizeof(caller_saved), &caller_saved);
+  caller_pinned = 0;
+}
+
+static void start_workers(uint32_t gen) {
+  int count = 1;
+  for (int i = 1; i < pool_threads; ++i) {
+    if (pthread_create(&workers[i], NULL, worker_main, (void*)(uintptr_t)gen) != 0) break;
+    pin(workers[i], i);
+    ++count;
+  }
+  pool_threads = count; /* fewer threads if the system refused some */
+  started = 1;
+}
+
+static void stop_workers(void) {
+  if (!started) return;
+  atomic_store(&shutting_down, 1);
+  atomic_fetch_add(&claim, (uint64_t)1 << 32);
+  atomic_store(&spinning, 0);
+  wake_workers();
+  for (int i = 1; i < pool_threads; ++i) pthread_join(workers[i], NULL);
+  started = 0;
+  atomic_store(&shutting_down, 0);
+}
+
+/* After fork() only the forking thread exists: the child starts its own workers. */
+static void forget_workers_in_child(void) {
+  started = 0;
+  have_caller_cpus = 0;
+  atomic_store(&spinning, 0);
+  atomic_store(&sleepers, 0);
+  pthread_mutex_init(&launch_lock, NULL);
+}
+
+__attribute__((constructor)) static void on_load(void) {
+  pthread_atfork(NULL, NULL, forget_workers_in_child);
+}
+
+/* The library is unloaded (or the process exits): no worker may outlive its code. */
+__attribute__((destructor)) static void on_unload(void) { stop_workers(); }
+
+/* threads: the model's; never more than the CPUs this process may use (spinning workers
+ * sharing a CPU only take turns). Returns the count the pool will use. */
+int tvmdeploy_pool_configure(int threads) {
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0 && threads > CPU_COUNT(&allowed))
+    threads = CPU_COUNT(&allowed);
+  if (threads < 1) threads = 1;
+  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  pthread_mutex_lock(&launch_lock);
+  if (!started) pool_threads = threads;
+  int now = pool_threads;
+  pthread_mutex_unlock(&launch_lock);
+  return now;
+}
+
+/* An inference starts: workers spin between its kernels, unless spinning was recently
+ * preempted (then they sleep between kernels for the next `backoff` inferences). */
+void tvmdeploy_pool_begin(void) {
+  pthread_mutex_lock(&launch_lock);
+  if (backoff_left > 0) {
+    --backoff_left;
+  } else {
+    atomic_store(&spinning, 1);
+    if (started) wake_workers();
+  }
+  pthread_mutex_unlock(&launch_lock);
+  pin_caller();
+}
+
+/* An inference ended: workers sleep until the next one. A worker reports a preemption
+ * when it stops spinning, so what is read here may be the previous inference's report. */
+void tvmdeploy_pool_end(void) {
+  unpin_caller();
+  pthread_mutex_lock(&launch_lock);
+  if (atomic_exchange(&spinning, 0)) {
+    if (atomic_exchange(&preempted, 0)) {
+      backoff = backoff ? (backoff * 2 > MAX_BACKOFF ? MAX_BACKOFF : backoff * 2) : 1;
+      backoff_left = backoff;
+    } else {
+      backoff = 0;
+    }
+  }
+  pthread_mutex_unlock(&launch_lock);
+}
+
+/* Counters for tests: launches seen, of which run on more than one thread; spinning now. */
+void tvmdeploy_pool_stats(uint64_t* out) {
+  out[0] = atomic_load(&launches);
+  out[1] = atomic_load(&parallel_launches);
+  out[2] = (uint64_t)backoff_left;
+}
+
+int tvmdeploy_parallel_launch(FTVMParallelLambda fn, void* cdata, int num_task) {
+  atomic_fetch_add(&launches, 1);
+  /* Nested, single-threaded, or another thread's launch in progress: run here, whole. */
+  if (in_pool || pool_threads <= 1 || pthread_mutex_trylock(&launch_lock) != 0) {
+    TVMParallelGroupEnv env = {NULL, 1};
+    int outer = in_pool;
+    in_pool = 1;
+    int rc = fn(0, &env, cdata);
+    in_pool = outer;
+    return rc;
+  }
+  atomic_fetch_add(&parallel_launches, 1);
+  uint32_t gen = (uint32_t)(atomic_load(&claim) >> 32);
+  if (!started) start_workers(gen);
+  job_fn = fn;
+  job_data = cdata;
+  job_env.sync_handle = NULL;
+  job_env.num_task = num_task > 0 ? num_task : pool_threads;
+  atomic_store(&failed, 0);
+  atomic_store(&done, 0);
+  gen += 1;
+  atomic_store(&claim, (uint64_t)gen << 32);
+  if (!atomic_load(&spinning)) wake_workers();
+  in_pool = 1;
+  run_tasks(gen);
+  in_pool = 0;
+  int64_t start = 0;
+  uint32_t finished;
+  while ((finished = atomic_load(&done)) != (uint32_t)job_env.num_task) {
+    for (int i = 0; i < 64; ++i) cpu_relax();
+    if (start == 0) start = now_ns();
+    else if (now_ns() - start > CALLER_WAIT_NS) futex(&done, FUTEX_WAIT_PRIVATE, finished);
+  }
+  int rc = atomic_load(&failed) ? -1 : 0;
+  pthread_mutex_unlock(&launch_lock);
+  return rc;
+}
