@@ -60,10 +60,10 @@ def parallel_pool_object(target: tvm.target.Target, preset: Preset, folder: Path
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise BuildError(f"compiling the thread pool for {preset.name} with {compiler} failed: {e}") from None
+        raise BuildError(f"exporting the library for {preset.name} failed: {compiler} could not compile its thread pool ({e})") from None
     if result.returncode != 0:
         detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BuildError(f"compiling the thread pool for {preset.name} with {compiler} failed: {detail}")
+        raise BuildError(f"exporting the library for {preset.name} failed: {compiler} could not compile its thread pool ({detail})")
     return out
 
 

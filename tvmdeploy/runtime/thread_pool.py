@@ -1,5 +1,9 @@
 """TVM's CPU thread pool, sized and configured for a loaded artifact.
 
+Libraries tvmdeploy builds for a Linux CPU run their parallel loops on their own pool
+instead (parallel_pool.py); TVM's serves older artifacts, TVMDEPLOY_THREAD_POOL=tvm,
+and tuning's measurements.
+
 TVM sizes its worker pool once, when the pool starts, from TVM_NUM_THREADS, else from
 half the logical CPUs (it assumes two hyperthreads per core). On a 2-vCPU machine that
 is one worker, which `runtime.config_threadpool` cannot add to: a model loaded with 2

@@ -111,19 +111,24 @@ static void run_tasks(uint32_t gen) {
   }
 }
 
-/* Wait for a job newer than `seen`: spin while an inference runs, else sleep. */
+/* Wait for a job newer than `seen`: spin while an inference runs, else sleep. A worker
+ * reads its involuntary context switches when an inference's spinning starts and when
+ * it ends: any in between (spinning or running tasks) means another thread wanted
+ * this CPU. */
+static __thread long switches_at_spin_start = -1;
+
 static uint32_t wait_for_job(uint32_t seen) {
-  long switches = -1;
   for (;;) {
     uint32_t gen = (uint32_t)(atomic_load(&claim) >> 32);
     if (gen != seen) return gen;
     if (atomic_load(&spinning)) {
-      if (switches < 0) switches = involuntary_switches();
+      if (switches_at_spin_start < 0) switches_at_spin_start = involuntary_switches();
       for (int i = 0; i < 64; ++i) cpu_relax();
       continue;
     }
-    if (switches >= 0 && involuntary_switches() != switches) atomic_store(&preempted, 1);
-    switches = -1;
+    if (switches_at_spin_start >= 0 && involuntary_switches() != switches_at_spin_start)
+      atomic_store(&preempted, 1);
+    switches_at_spin_start = -1;
     uint32_t ticket = atomic_load(&wake_word);
     atomic_fetch_add(&sleepers, 1);
     if ((uint32_t)(atomic_load(&claim) >> 32) == seen && !atomic_load(&spinning))
@@ -266,7 +271,8 @@ void tvmdeploy_pool_end(void) {
   pthread_mutex_unlock(&launch_lock);
 }
 
-/* Counters for tests: launches seen, of which run on more than one thread; spinning now. */
+/* Counters for tests: launches seen, those run on more than one thread, and the
+ * inferences left before workers spin again. */
 void tvmdeploy_pool_stats(uint64_t* out) {
   out[0] = atomic_load(&launches);
   out[1] = atomic_load(&parallel_launches);
