@@ -53,3 +53,20 @@ def test_pool_sized_for_the_model_and_caller_not_pinned(digits_artifact, threads
 def test_users_settings_win(digits_artifact):
     seen = _probe(digits_artifact, 2, TVM_NUM_THREADS="3", TVM_THREAD_POOL_SPIN_COUNT="7")
     assert (seen["num_threads"], seen["spin"]) == ("3", "7")
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2, --cpus=1.5
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu.max": "garbage\n"}, None),
+    ({}, None),
+])
+def test_cpu_quota_read_from_the_cgroup(tmp_path, files, expected):
+    from tvmdeploy.runtime.thread_pool import cpu_quota
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cpu_quota(tmp_path) == expected

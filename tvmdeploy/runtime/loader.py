@@ -26,7 +26,7 @@ from ..errors import ArtifactError, InputMismatchError
 from .artifact_files import ArtifactFolder
 from .artifact_manifest import read_checked_manifest, read_manifest, verify_files
 from .parallel_pool import attach as attach_parallel_pool
-from .thread_pool import configure_thread_pool, physical_cores
+from .thread_pool import configure_thread_pool, cpu_quota, physical_cores
 from .manifest import MANIFEST_NAME, Manifest, TensorSpec
 from .weights_file import read_weights
 from .inputs import random_inputs
@@ -114,7 +114,7 @@ class LoadedModel:
             with files.private_copy(manifest.library, manifest.files[manifest.library]) as copy:
                 library = tvm.runtime.load_module(str(copy))
                 if device == "cpu":  # the library's own thread pool, where it has one
-                    self._pool = attach_parallel_pool(copy, threads or physical_cores())
+                    self._pool = attach_parallel_pool(copy, min(threads or physical_cores(), cpu_quota() or 1 << 16))
             weights = _read_weights(files, manifest)
         self._vm = tvm.runtime.vm.VirtualMachine(library, self._device)
         self._main = self._vm["main"]

@@ -57,3 +57,22 @@ def physical_cores() -> int:
         except OSError:
             cores.add(str(cpu))
     return max(1, len(cores))
+
+
+def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """CPUs' worth of time this process's cgroup may use per period, rounded up (None:
+    no quota). A container started with --cpus=1 on a 2-CPU host sees both CPUs but is
+    throttled after one CPU-second per second: a second spinning worker only gets it
+    throttled sooner."""
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"),
+                                    ("cpu,cpuacct/cpu.cfs_quota_us", "cpu,cpuacct/cpu.cfs_period_us")):
+        try:
+            fields = (root / quota_file).read_text().split()
+            period = int(fields[1]) if period_file is None else int((root / period_file).read_text().split()[0])
+            if fields[0] == "max" or int(fields[0]) <= 0 or period <= 0:
+                return None
+            return max(1, -(-int(fields[0]) // period))
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+

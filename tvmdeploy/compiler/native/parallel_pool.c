@@ -65,6 +65,7 @@ static _Atomic uint64_t claim;   /* (generation << 32) | next unclaimed task */
 static _Atomic uint32_t wake_word; /* futex word the sleeping workers wait on */
 static _Atomic uint32_t done;      /* tasks of the current job finished (futex word) */
 static _Atomic int sleepers;
+static _Atomic int caller_sleeping;  /* the caller waits on `done` in the kernel */
 static _Atomic int spinning;       /* workers spin between jobs (an inference is running) */
 static _Atomic int preempted;      /* a spinning worker was preempted in this inference */
 static _Atomic int shutting_down;
@@ -107,7 +108,8 @@ static void run_tasks(uint32_t gen) {
     if (!atomic_compare_exchange_weak(&claim, &word, word + 1)) continue;
     /* Claimed: the job cannot finish (nor its fields change) before this task does. */
     if (job_fn((int)(uint32_t)word, &job_env, job_data) != 0) atomic_store(&failed, 1);
-    if ((int)atomic_fetch_add(&done, 1) + 1 == job_env.num_task) futex(&done, FUTEX_WAKE_PRIVATE, 1);
+    if ((int)atomic_fetch_add(&done, 1) + 1 == job_env.num_task && atomic_load(&caller_sleeping))
+      futex(&done, FUTEX_WAKE_PRIVATE, 1);
   }
 }
 
@@ -307,10 +309,18 @@ int tvmdeploy_parallel_launch(FTVMParallelLambda fn, void* cdata, int num_task) 
   in_pool = 0;
   int64_t start = 0;
   uint32_t finished;
+  /* Tasks still running on workers: while the inference spins, so does the caller;
+   * otherwise (another process wants the CPUs) it sleeps after CALLER_WAIT_NS. */
   while ((finished = atomic_load(&done)) != (uint32_t)job_env.num_task) {
     for (int i = 0; i < 64; ++i) cpu_relax();
-    if (start == 0) start = now_ns();
-    else if (now_ns() - start > CALLER_WAIT_NS) futex(&done, FUTEX_WAIT_PRIVATE, finished);
+    if (atomic_load(&spinning)) continue;
+    if (start == 0) {
+      start = now_ns();
+    } else if (now_ns() - start > CALLER_WAIT_NS) {
+      atomic_store(&caller_sleeping, 1);
+      futex(&done, FUTEX_WAIT_PRIVATE, finished);
+      atomic_store(&caller_sleeping, 0);
+    }
   }
   int rc = atomic_load(&failed) ? -1 : 0;
   pthread_mutex_unlock(&launch_lock);
