@@ -8,10 +8,10 @@ inference runs and sleep between inferences, and stop spinning for a while once 
 process preempts them (see the C file). Libraries without it (older artifacts, GPU
 and object-file exports, a library that uses TVM's parallel barrier) keep TVM's pool.
 
-Light models of many small kernels, 2-vCPU Xeon VM, against TVM's pool with sleeping
-workers (the loader's setting for it, runtime/thread_pool.py): MobileNetV2 and
-ShuffleNet about 15 % faster, ResNet-50 unchanged; with a busy process beside it, no
-collapse (TVM's spinning pool: 25-50x slower).
+Against TVM's pool with sleeping workers (the loader's setting for it, thread_pool.py),
+same artifacts, 2-vCPU Xeon VM: SqueezeNet 0.85x, MobileNetV2 0.82x, ShuffleNet 0.77x the
+latency, ResNet-50 0.97x, BERT layer 1.00x; with a busy process beside it SqueezeNet
+4.97 ms against 7.98 ms (TVM's spinning pool collapses there: 160 ms).
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def attach(library_path: Path, threads: int) -> ParallelPool | None:
     try:
         return _switch(handle, threads)
     finally:
-        # TVM's handle keeps the library loaded (and unloads it, stopping the pool's
-        # workers, when the module is freed); this one must not keep it alive.
+        # TVM's handle keeps the library loaded (should TVM unload it, the library's
+        # destructor stops its workers first); this one must not keep it alive.
         _dlclose(handle)
 
 
