@@ -10,6 +10,7 @@ ONNX Runtime on this x86 host.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -21,6 +22,7 @@ from conftest import MODELS, ort_run, random_inputs, randomized_light_model
 from tvmdeploy import board
 from tvmdeploy.cli.main import main
 from tvmdeploy.errors import BoardError
+from tvmdeploy.runtime.thread_pool import cpu_quota
 
 REPO = Path(__file__).resolve().parents[2]
 PRESET = "aarch64-cortex-a72"
@@ -78,13 +80,15 @@ def emulated_outputs(arm_board, arm_artifacts, arm_models, tmp_path_factory):
         "import json, platform, sys\n"
         "import numpy as np\n"
         "import tvmdeploy.runtime as rt\n"
+        "pools = {}\n"
         "for artifact, inputs, outputs in json.loads(sys.argv[1]):\n"
         "    model = rt.load(artifact)\n"
         "    result = model(**dict(np.load(inputs)))\n"
         "    np.savez(outputs, *result)\n"
+        "    pools[artifact] = model._pool.stats()['parallel_launches'] if model._pool else None\n"
         "maps = open('/proc/self/maps').read()\n"
         "print(json.dumps({'machine': platform.machine(), 'runtime_lib': 'libtvm_runtime' in maps,\n"
-        "                  'compiler_lib': 'libtvm_compiler' in maps}))\n"
+        "                  'compiler_lib': 'libtvm_compiler' in maps, 'pools': pools}))\n"
     )
     argv, env = arm_board.python_command(cpu="cortex-a72", pythonpath=[str(REPO)])
     result = subprocess.run(
@@ -117,8 +121,12 @@ def test_board_setup_is_cached_and_reports_its_costs(arm_board):
 @pytest.mark.parametrize("name", ["mlp", "conv_bn_relu", "squeezenet"])
 def test_cross_compiled_artifact_matches_onnxruntime_under_qemu(name, arm_artifacts, arm_models, emulated_outputs):
     facts, outputs = emulated_outputs
+    facts = dict(facts)
+    pools = facts.pop("pools")
     assert facts == {"machine": "aarch64", "runtime_lib": True, "compiler_lib": False}
     artifact = arm_artifacts[name]
+    if name == "squeezenet" and min(len(os.sched_getaffinity(0)), cpu_quota() or 1 << 16) >= 2:
+        assert pools[str(artifact)] >= 1  # its parallel loops ran on tvmdeploy's pool, built for aarch64
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["arch"] == "aarch64" and "asimd" in manifest["cpu_flags"]
     assert _elf_machine(artifact / "model.so") == 183  # EM_AARCH64
