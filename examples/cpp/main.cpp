@@ -173,7 +173,8 @@ int Run(int argc, char** argv) {
   if (!input_files.empty()) throw Error("the model has no input named '" + input_files.begin()->first + "'");
   std::vector<HostTensor> outputs = model.Run(inputs);
   std::cout << "model " << m.model_name << " (" << m.preset << "), verified and loaded from " << artifact
-            << (options.trusted_key_files.empty() ? "" : " (signature checked)") << "\n";
+            << (options.trusted_key_files.empty() ? "" : " (signature checked)") << ", threads on "
+            << model.thread_pool() << "'s pool\n";
   for (size_t i = 0; i < outputs.size(); ++i) {
     PrintSummary(i < m.outputs.size() ? m.outputs[i].name : std::to_string(i), outputs[i]);
     if (!save_dir.empty()) WriteNpy(save_dir + "/output_" + std::to_string(i) + ".npy", outputs[i]);

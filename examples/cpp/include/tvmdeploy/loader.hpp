@@ -19,6 +19,7 @@
 #pragma once
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/stat.h>
@@ -326,6 +327,54 @@ inline void SizeThreadPool(int64_t threads) {
   setenv("TVM_THREAD_POOL_SPIN_COUNT", "0", 0);
 }
 
+// tvmdeploy's thread pool (compiler/native/parallel_pool.c, linked into the libraries
+// tvmdeploy builds for a Linux CPU): the library's parallel-launch slot, which TVM fills
+// with its own pool when it loads the library, is pointed at it, as the Python loader
+// does (runtime/parallel_pool.py). Its workers spin while an inference runs (begin ..
+// end) and sleep between inferences. TVMDEPLOY_THREAD_POOL=tvm keeps TVM's pool.
+struct ParallelPool {
+  void (*begin)() = nullptr;
+  void (*end)() = nullptr;
+};
+
+inline ParallelPool AttachParallelPool(const std::string& library_path, int64_t threads) {
+  ParallelPool pool;
+  const char* choice = std::getenv("TVMDEPLOY_THREAD_POOL");
+  if (threads < 2 || (choice != nullptr && std::string(choice) == "tvm")) return pool;
+  void* handle = dlopen(library_path.c_str(), RTLD_NOLOAD | RTLD_LAZY);  // the copy TVM loaded
+  if (handle == nullptr) return pool;
+  auto configure = reinterpret_cast<int (*)(int)>(dlsym(handle, "tvmdeploy_pool_configure"));
+  void* launch = dlsym(handle, "tvmdeploy_parallel_launch");
+  auto begin = reinterpret_cast<void (*)()>(dlsym(handle, "tvmdeploy_pool_begin"));
+  auto end = reinterpret_cast<void (*)()>(dlsym(handle, "tvmdeploy_pool_end"));
+  auto slot = static_cast<void**>(dlsym(handle, "__TVMBackendParallelLaunch"));
+  bool barrier = dlsym(handle, "__TVMBackendParallelBarrier") != nullptr;  // the pool has none
+  if (configure && launch && begin && end && slot && !barrier) {
+    configure(static_cast<int>(threads));
+    *slot = launch;
+    pool.begin = begin;
+    pool.end = end;
+  }
+  dlclose(handle);  // TVM's module keeps the library loaded
+  return pool;
+}
+
+// Brackets one inference on the pool (nothing for libraries without it).
+class PoolInference {
+ public:
+  explicit PoolInference(const ParallelPool& pool) : pool_(pool) {
+    if (pool_.begin) pool_.begin();
+  }
+  ~PoolInference() {
+    if (pool_.end) pool_.end();
+  }
+  PoolInference(const PoolInference&) = delete;
+  PoolInference& operator=(const PoolInference&) = delete;
+
+ private:
+  const ParallelPool& pool_;
+};
+
 }  // namespace detail
 
 struct TensorSpec {
@@ -551,7 +600,9 @@ class Model {
     if (threads > 0) {
       if (auto config = tvm::ffi::Function::GetGlobal("runtime.config_threadpool")) (*config)(0, threads);
     }
-    tvm::ffi::Module library = tvm::ffi::Module::LoadFromFile(folder + "/" + manifest.library);
+    std::string library_path = folder + "/" + manifest.library;
+    tvm::ffi::Module library = tvm::ffi::Module::LoadFromFile(library_path);
+    detail::ParallelPool pool = detail::AttachParallelPool(library_path, threads > 0 ? threads : detail::PhysicalCores());
     auto load_executable = library->GetFunction("vm_load_executable");
     if (!load_executable) throw Error(folder + ": " + manifest.library + " holds no Relax VM executable");
     tvm::ffi::Module vm = (*load_executable)().cast<tvm::ffi::Module>();
@@ -562,10 +613,13 @@ class Model {
     (*init)(static_cast<int>(kDLCPU), 0, kPooledAllocator);
     auto main = vm->GetFunction("main");
     if (!main) throw Error(folder + ": the executable has no 'main' function");
-    return Model(std::move(manifest), std::move(vm), *main);
+    return Model(std::move(manifest), std::move(vm), *main, pool);
   }
 
   const Manifest& manifest() const { return manifest_; }
+
+  // "tvmdeploy": the library's parallel loops run on tvmdeploy's pool; "tvm": on TVM's.
+  std::string thread_pool() const { return pool_.begin ? "tvmdeploy" : "tvm"; }
 
   // Run once; inputs in manifest order, each checked against its dtype and shape.
   std::vector<HostTensor> Run(const std::vector<HostTensor>& inputs) const {
@@ -601,7 +655,10 @@ class Model {
     // calls on one Model take turns; load one Model per thread to run them in parallel.
     std::lock_guard<std::mutex> turn(*turn_);
     tvm::ffi::Any result;
-    main_.CallPacked(views.data(), static_cast<int32_t>(views.size()), &result);
+    {
+      detail::PoolInference inference(pool_);
+      main_.CallPacked(views.data(), static_cast<int32_t>(views.size()), &result);
+    }
     std::vector<HostTensor> outputs;
     Collect(result, &outputs);  // copies out of the VM's storage, which the next call reuses
     return outputs;
@@ -645,12 +702,13 @@ class Model {
     throw Error("the model returned something other than tensors (type " + value.GetTypeKey() + ")");
   }
 
-  Model(Manifest manifest, tvm::ffi::Module vm, tvm::ffi::Function main)
-      : manifest_(std::move(manifest)), vm_(std::move(vm)), main_(std::move(main)) {}
+  Model(Manifest manifest, tvm::ffi::Module vm, tvm::ffi::Function main, detail::ParallelPool pool)
+      : manifest_(std::move(manifest)), vm_(std::move(vm)), main_(std::move(main)), pool_(pool) {}
 
   Manifest manifest_;
   tvm::ffi::Module vm_;
   tvm::ffi::Function main_;
+  detail::ParallelPool pool_;
   std::shared_ptr<std::mutex> turn_ = std::make_shared<std::mutex>();  // shared_ptr: Model stays movable
 };
 
