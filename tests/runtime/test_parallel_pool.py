@@ -18,12 +18,10 @@ import pytest
 from conftest import ort_run
 from tvmdeploy import compile_model
 from tvmdeploy.runtime.loader import load
-from tvmdeploy.runtime.thread_pool import cpu_quota
+from tvmdeploy.runtime.thread_pool import usable_cpus
 
 MODEL = Path(__file__).parents[1] / "models" / "residual_block.onnx"
-needs_two_cpus = pytest.mark.skipif(
-    min(len(os.sched_getaffinity(0)), cpu_quota() or 1 << 16) < 2, reason="the pool needs 2 CPUs (and a quota of 2)"
-)
+needs_two_cpus = pytest.mark.skipif(usable_cpus() < 2, reason="the pool needs 2 CPUs (and a quota of 2)")
 
 
 @pytest.fixture(scope="module")

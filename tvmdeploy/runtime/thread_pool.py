@@ -76,3 +76,8 @@ def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
             continue
     return None
 
+
+def usable_cpus() -> int:
+    """CPUs this process may run on, capped at its cgroup's quota."""
+    return min(len(os.sched_getaffinity(0)), cpu_quota() or 1 << 16)
+
