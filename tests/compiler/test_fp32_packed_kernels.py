@@ -92,6 +92,39 @@ def test_register_tile_fills_the_registers_without_running_past_edges():
         assert width % rw == 0 and blocks % v == 0 and rw * v + v + 1 <= registers
 
 
+def test_register_tile_keeps_a_tiles_input_pixels_out_of_one_cache_set():
+    from tvmdeploy.compiler.kernels.fp32_schedule import L1_WAYS, columns_per_cache_set
+
+    # 1024 input channels: pixels 4 KiB apart all share one L1 set -> at most L1_WAYS columns
+    assert register_tile(14, 16, 32, column_bytes=1024 * 4) == (7, 2)
+    assert register_tile(16, 16, 32, column_bytes=1024 * 4) in ((8, 2), (4, 4))
+    # stride 2 over 512 channels is the same 4 KiB apart
+    assert register_tile(14, 64, 32, column_bytes=2 * 512 * 4) == (7, 2)
+    # 256 channels (1 KiB apart) cycle through 4 sets: 14 columns are 4 to a set, allowed
+    assert register_tile(14, 16, 32, column_bytes=256 * 4) == (14, 2)
+    assert columns_per_cache_set(14, 1024 * 4) == 14 and columns_per_cache_set(14, 2048 * 4) == 14
+    assert columns_per_cache_set(14, 1000 * 4) == 1 and columns_per_cache_set(14, 0) == 1
+    assert columns_per_cache_set(L1_WAYS, 4096) == L1_WAYS
+
+
+def test_default_tile_reads_the_column_stride_off_the_kernel(host):
+    from tvmdeploy.compiler import _tvm
+    from tvmdeploy.compiler.kernels.fp32_schedule import column_bytes, find_conv_block
+
+    target, vector = host
+    for (h, ic, k, s, pad), want in [
+        ((14, 1024, 1, 1, (0, 0, 0, 0)), 1024 * 4),
+        ((28, 512, 1, 2, (0, 0, 0, 0)), 2 * 512 * 4),
+        ((56, 64, 3, 1, (1, 1, 1, 1)), 64 * 4),
+        ((56, 128, 3, 2, (1, 1, 1, 1)), 2 * 128 * 4),
+        ((224, 3, 7, 2, (3, 3, 3, 3)), 2 * 3 * 4),
+    ]:
+        packed_shape = (2, k, k, ic, 16)
+        func = conv2d_nhwc_packed((1, h, h, ic), packed_shape, 32, 1, (s, s), pad, (1, 1))
+        sch = _tvm.Schedule(tvm.ir.IRModule({"main": func}))
+        assert column_bytes(sch, find_conv_block(sch)[1]) == want, (h, ic, k, s)
+
+
 def test_weight_packing_is_the_layout_the_kernel_reads():
     w = np.arange(32 * 3 * 3 * 8, dtype=np.float32).reshape(32, 3, 3, 8)
     packed = pack_conv2d_weight(w, 16)
