@@ -28,6 +28,7 @@ from ...errors import BuildError
 from ..kernels import register_intrinsics
 from ..kernels.select import packed_space, space_for_kernel, target_vector_shape
 from ..kernels.channel_reduce import channel_reduce_schedule
+from ..kernels.concat_copy import concat_schedule
 from ..kernels.fp32_schedule import packed_conv2d_schedule
 from ..kernels.layer_norm_rows import layer_norm_rows_schedule
 from ..kernels.softmax_rows import softmax_rows_schedule
@@ -110,6 +111,7 @@ def cpu_default_schedule(func, target: tvm.target.Target, seed: int = 1):
         or softmax_rows_schedule(func, vector[0], threads)
         or layer_norm_rows_schedule(func, vector[0], threads)
         or channel_reduce_schedule(func, vector[0], threads)
+        or concat_schedule(func, threads)
     )
     if schedule is None and serial:
         schedule = _serial_sample(func, target, seed)
