@@ -59,6 +59,15 @@ def test_concatenations_copy_in_vectors_and_match(case, threads):
     np.testing.assert_array_equal(got.numpy(), np.maximum(want, 0) if relu else want)
 
 
+def test_a_concatenation_is_tuned_in_its_own_one_point_space():
+    from tvmdeploy.compiler.kernels.select import packed_space
+
+    _, target = resolve_preset(load_preset("host"))
+    kernels = [f for f in _fused_kernels(*CASES["nhwc-relu"][:3]).functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    space = packed_space(kernels[0], target)
+    assert space is not None and type(space).__name__ == "ScheduleFn"
+
+
 def test_the_axis_is_where_the_inputs_add_up_to_the_output():
     assert concat_axis([1, 5, 5, 96], [[1, 5, 5, 32], [1, 5, 5, 64]]) == 3
     assert concat_axis([1, 96, 5, 5], [[1, 32, 5, 5], [1, 64, 5, 5]]) == 1

@@ -86,3 +86,14 @@ def concat_schedule(func, threads: int):
         return sch
     except Exception:  # noqa: BLE001 - not this kind of kernel, or a shape the schedule does not cover
         return None
+
+
+def concat_space(threads: int):
+    """MetaSchedule space of a concatenation (one fused with an activation is tuned): its
+    default, one point."""
+
+    def space(sch):
+        schedule_concat(sch, threads)
+        return [sch]
+
+    return _tvm.ms.space_generator.ScheduleFn(space, sch_rules=[], postprocs="llvm", mutator_probs="llvm")

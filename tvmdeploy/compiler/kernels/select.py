@@ -12,6 +12,7 @@ from __future__ import annotations
 from .. import _tvm
 from .._tvm import cpu_features
 from .channel_reduce import channel_reduce_schedule, channel_reduce_space, has_reduction
+from .concat_copy import concat_schedule, concat_space
 from .fp32_packed import BLOCK_NAME as FP32_BLOCK_NAME
 from .fp32_schedule import conv2d_space
 from .int8_packed import BLOCK_NAME, PackedInt8
@@ -52,7 +53,7 @@ def space_for_kernel(func, target, parallel: bool = True):
 
 def packed_space(func, target):
     """The space of a packed fp32 or int8 kernel, a row kernel (softmax, LayerNorm) or a
-    channel-keeping reduction (pooling); None for any other kernel."""
+    channel-keeping reduction (pooling) or a concatenation; None for any other kernel."""
     # TVM 0.27 exposes no TIR visitor to Python: the printed kernel is searched for the
     # packed blocks (after fusion they sit among the epilogue's blocks).
     text = func.script(show_meta=False)
@@ -66,6 +67,8 @@ def packed_space(func, target):
             return layer_norm_rows_space(vector[0], cores)
         if channel_reduce_schedule(func, vector[0], cores) is not None:
             return channel_reduce_space(vector[0], cores)
+        if concat_schedule(func, cores) is not None:
+            return concat_space(cores)
     spec = packed_int8_for(target)
     if spec is None or BLOCK_NAME not in text:
         return None
