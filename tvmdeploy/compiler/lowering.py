@@ -33,6 +33,7 @@ from .passes.channel_shuffle import ChannelShuffleNHWC
 from .passes.fast_math import FastMath
 from .passes.layer_norm_rows import LayerNormRows
 from .passes.pack_conv2d import PackConv2dFp32, count_packable
+from .passes.sink_channel_take import SinkChannelTake
 from ..errors import BuildError
 from .reports import LoweringReport, PassLog
 
@@ -96,7 +97,7 @@ def pack_for_target(mod: tvm.ir.IRModule, target, ran: PassLog) -> tuple[tvm.ir.
         return mod, 0
     ran.extend(trial)
     packed = count_packable(nhwc, ("NHWC", "OHWI"))
-    return ran.run_all((lambda: PackConv2dFp32(lanes),), nhwc, "lowering"), packed
+    return ran.run_all((lambda: PackConv2dFp32(lanes), SinkChannelTake), nhwc, "lowering"), packed
 
 
 def fold_weight_layouts(mod: tvm.ir.IRModule, target: tvm.target.Target, ran: PassLog | None = None) -> tvm.ir.IRModule:

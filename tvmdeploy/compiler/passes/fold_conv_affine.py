@@ -21,6 +21,7 @@ from tvm.ir.transform import PassContext
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from tvm.relax.transform import function_pass
 
+from ..analysis.uses import UseCounts, use_counts
 from .carry import carries_errors
 
 _FOLDABLE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
@@ -51,14 +52,14 @@ class FoldConvChannelAffine:
         if "Primitive" in func.attrs.keys() and func.attrs["Primitive"] != 0:
             return func
         for _ in range(self.max_iterations):
-            uses = _use_counts(func)
+            uses = use_counts(func)
             rewritten = rewrite_call(self.pattern, lambda expr, m: self._rewrite(expr, m, uses), func)
             if rewritten.same_as(func):
                 break
             func = rewritten
         return func
 
-    def _rewrite(self, expr: relax.Call, matches, uses: "_UseCounts") -> relax.Expr:
+    def _rewrite(self, expr: relax.Call, matches, uses: UseCounts) -> relax.Expr:
         conv = matches[self.conv]
         attrs = conv.attrs
         if (attrs.data_layout, attrs.kernel_layout) != ("NCHW", "OIHW") or attrs.out_layout not in ("", "NCHW"):
@@ -110,36 +111,3 @@ def _per_channel(value: np.ndarray, channels: int) -> np.ndarray | None:
     if shape[0] != 1 or shape[2] != 1 or shape[3] != 1 or shape[1] not in (1, channels):
         return None
     return np.broadcast_to(value.reshape(shape[1]), (channels,)).copy()
-
-
-class _UseCounts:
-    """How many times each bound value's variable is referenced in a function."""
-
-    def __init__(self, var_of_value: dict, counts: dict):
-        self._var_of_value = var_of_value
-        self._counts = counts
-
-    def of(self, value: relax.Expr) -> int:
-        var = self._var_of_value.get(value)
-        # A value created by an earlier rewrite in this same pass is inlined in exactly
-        # one place.
-        return 1 if var is None else self._counts.get(var, 0)
-
-
-def _use_counts(func: relax.Function) -> _UseCounts:
-    var_of_value, counts = {}, {}
-
-    @relax.expr_functor.visitor
-    class Counter(relax.PyExprVisitor):
-        def visit_var_binding_(self, binding):
-            var_of_value[binding.value] = binding.var
-            self.visit_expr(binding.value)
-
-        def visit_var_(self, var):
-            counts[var] = counts.get(var, 0) + 1
-
-        def visit_dataflow_var_(self, var):
-            counts[var] = counts.get(var, 0) + 1
-
-    Counter().visit_expr(func)
-    return _UseCounts(var_of_value, counts)
