@@ -201,7 +201,9 @@ def kernel_table(artifact: Path, onnx_path: Path, target_name: str, cache_dir: P
     calls: dict[str, int] = {}
 
     def visit(expr):
-        if isinstance(expr, tvm.relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.call_tir":
+        if isinstance(expr, tvm.relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name in (
+            "relax.call_tir", "relax.call_tir_inplace"
+        ):
             name = expr.args[0].name_hint
             calls[name] = calls.get(name, 0) + 1
 

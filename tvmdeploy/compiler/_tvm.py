@@ -30,6 +30,8 @@ from tvm.target import codegen as _llvm_codegen
 TVM_VERSION: str = tvm.__version__
 
 PrimFunc = tirx.PrimFunc
+BufferType = tirx.BufferType  # a PrimFunc parameter's type when it is a buffer (0.27: no buffer_map)
+structural_equal = tvm_ffi.structural_equal  # was tvm.ir.structural_equal
 TIR_EXP_OP = "tirx.exp"  # the TIR op name MetaSchedule's rules may be told to avoid
 RelaxConstant = tvm.ir.GenericConst  # a Relax constant (was relax.Constant)
 METASCHEDULE_LOGGER = "tvm.s_tir.meta_schedule"

@@ -155,6 +155,7 @@ def compile_model(
 def schedule_kernels(fused, tvm_target, preset, cache, tune=None, progress=None):
     """Tuned records from the cache (after tuning, if asked), else default schedules."""
     from .lowering import fold_weight_layouts
+    from .passes.residual_in_place import accumulate_in_place
     from .tuning.default_schedule import apply_default_schedules
     from .tuning.tuner import apply_cached
     from .tuning.tuner import tune as tune_kernels
@@ -173,6 +174,9 @@ def schedule_kernels(fused, tvm_target, preset, cache, tune=None, progress=None)
     scheduled, default = apply_default_schedules(scheduled, tvm_target, ran=ran)
     # Weight repacking that the schedules asked for (RewriteLayout), done at compile time.
     scheduled = fold_weight_layouts(scheduled, tvm_target, ran)
+    # A kernel adding a residual nothing else reads writes its output over it (CPU).
+    if tvm_target.kind.name == "llvm":
+        scheduled = ran.run(accumulate_in_place, scheduled)
     report = ScheduleReport(
         passes=list(ran), kernels_from_cache=from_cache, kernels_default=default,
         cache_folder=str(cache.folder), tuning=tuning,
