@@ -37,3 +37,18 @@ def use_counts(func: relax.Function) -> UseCounts:
 
     Counter().visit_expr(func)
     return UseCounts(var_of_value, counts)
+
+
+def rewrite_to_fixed_point(pattern, rewrite, func: relax.Function, max_iterations: int) -> relax.Function:
+    """rewrite_call(pattern) until nothing changes (at most max_iterations rounds), each
+    round's rewrite(expr, matches, uses) told the use counts of the function it rewrites
+    (a rewrite that moves a value shared with other bindings would compute it twice)."""
+    from tvm.relax.dpl import rewrite_call
+
+    for _ in range(max_iterations):
+        uses = use_counts(func)
+        rewritten = rewrite_call(pattern, lambda expr, matches: rewrite(expr, matches, uses), func)
+        if rewritten.same_as(func):
+            break
+        func = rewritten
+    return func

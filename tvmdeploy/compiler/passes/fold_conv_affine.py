@@ -18,10 +18,10 @@ import numpy as np
 import tvm
 from tvm import IRModule, relax
 from tvm.ir.transform import PassContext
-from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.transform import function_pass
 
-from ..analysis.uses import UseCounts, use_counts
+from ..analysis.uses import UseCounts, rewrite_to_fixed_point
 from .carry import carries_errors
 
 _FOLDABLE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
@@ -51,13 +51,7 @@ class FoldConvChannelAffine:
     def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
         if "Primitive" in func.attrs.keys() and func.attrs["Primitive"] != 0:
             return func
-        for _ in range(self.max_iterations):
-            uses = use_counts(func)
-            rewritten = rewrite_call(self.pattern, lambda expr, m: self._rewrite(expr, m, uses), func)
-            if rewritten.same_as(func):
-                break
-            func = rewritten
-        return func
+        return rewrite_to_fixed_point(self.pattern, self._rewrite, func, self.max_iterations)
 
     def _rewrite(self, expr: relax.Call, matches, uses: UseCounts) -> relax.Expr:
         conv = matches[self.conv]
