@@ -174,7 +174,7 @@ def schedule_kernels(fused, tvm_target, preset, cache, tune=None, progress=None)
     scheduled, default = apply_default_schedules(scheduled, tvm_target, ran=ran)
     # Weight repacking that the schedules asked for (RewriteLayout), done at compile time.
     scheduled = fold_weight_layouts(scheduled, tvm_target, ran)
-    # A kernel adding a residual nothing else reads writes its output over it (CPU).
+    # A kernel adding a tensor read there for the last time (a residual) writes its output over it (CPU).
     if tvm_target.kind.name == "llvm":
         scheduled = ran.run(accumulate_in_place, scheduled)
     report = ScheduleReport(
