@@ -93,3 +93,26 @@ class BoardError(TvmDeployError):
 
 class RemoteError(TvmDeployError):
     """A remote device (RPC server or tracker) cannot be reached or fails a run."""
+
+
+# An interrupt (Ctrl-C, SIGTERM) raised inside a TVM callback comes back out of the FFI as
+# an ordinary error, which code that falls back on any error (a kernel schedule that does
+# not apply) would swallow, and the compile would go on to write a slower artifact. The
+# CLI's signal handler records the request here; the compile checks it before it builds
+# and before it writes the artifact.
+_interrupt_requested = False
+
+
+def request_interrupt() -> None:
+    global _interrupt_requested
+    _interrupt_requested = True
+
+
+def interrupt_requested() -> bool:
+    return _interrupt_requested
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt if an interrupt was requested, even one an error handler swallowed."""
+    if _interrupt_requested:
+        raise KeyboardInterrupt

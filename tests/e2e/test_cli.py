@@ -138,3 +138,23 @@ def test_bad_inputs_get_one_clear_line(capsys, tmp_path, digits_artifact, digits
 def test_debug_shows_the_traceback(capsys, tmp_path):
     with pytest.raises(Exception, match="no such file"):
         main(["--debug", "compile", str(tmp_path / "missing.onnx")])
+
+
+def test_an_interrupt_swallowed_by_a_schedule_fallback_still_stops_the_compile(capsys, tmp_path, monkeypatch):
+    """Raised inside a TVM callback, a KeyboardInterrupt comes back out of the FFI as an
+    ordinary error, which the conv schedule's fallback (`except Exception`) would take for
+    a kernel it does not cover: the compile must still stop, not write a slower artifact."""
+    from tvmdeploy import errors
+    from tvmdeploy.compiler.kernels import fp32_schedule
+
+    monkeypatch.setattr(errors, "_interrupt_requested", False)
+
+    def interrupted_inside_tvm(*args, **kwargs):
+        errors.request_interrupt()  # what the CLI's signal handler does
+        raise RuntimeError("KeyboardInterrupt")  # as the FFI hands it back
+
+    monkeypatch.setattr(fp32_schedule, "schedule_conv2d", interrupted_inside_tvm)
+    out_dir = tmp_path / "artifact"
+    code, _, err = cli(capsys, "compile", MODELS / "conv_bn_relu.onnx", "-o", out_dir, "--target", "host")
+    assert code == 130 and err.strip() == "tvmdeploy: interrupted", err
+    assert not out_dir.exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())

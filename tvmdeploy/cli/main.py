@@ -15,7 +15,7 @@ from pathlib import Path
 from ..compiler.quantization.config import ACTIVATIONS, OBSERVERS, SMOOTH_ALPHA
 from ..compiler.quantization.config import SCHEMES as QUANTIZE_SCHEMES
 from ..compiler.tuning.budget import DEFAULT_TRIALS
-from ..errors import TvmDeployError, os_error_line, summarize_exception
+from ..errors import TvmDeployError, interrupt_requested, os_error_line, request_interrupt, summarize_exception
 
 
 class UsageError(TvmDeployError):
@@ -27,10 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so staging folders are removed.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored
+        signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         return args.handler(args) or 0
     except BaseException as e:
-        if _interrupted or isinstance(e, KeyboardInterrupt):
+        if interrupt_requested() or isinstance(e, KeyboardInterrupt):
             print("tvmdeploy: interrupted", file=sys.stderr)
             return 130
         if isinstance(e, BrokenPipeError):
@@ -55,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-_interrupted = False
 exit_without_cleanup = False  # set when a network wait timed out (see cli/__main__.py)
 
 
@@ -72,9 +73,9 @@ def _reader_went_away() -> int:
 
 def _raise_interrupt(signum, frame):
     # Raised inside a TVM callback, the KeyboardInterrupt comes back out of the FFI as
-    # some other error; the flag lets main() still report it as an interruption.
-    global _interrupted
-    _interrupted = True
+    # some other error; the flag lets main() still report it as an interruption, and the
+    # compile stop at its next check even where a fallback swallowed that error.
+    request_interrupt()
     raise KeyboardInterrupt
 
 

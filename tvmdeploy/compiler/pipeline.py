@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from .artifact import check_destination, finalize, staging_folder
 from .build import build_library, library_file_name
-from ..errors import RemoteError, TvmDeployError
+from ..errors import RemoteError, TvmDeployError, raise_if_interrupted
 from .frontend import import_model
 from ..runtime.manifest import Manifest
 from .lowering import lower
@@ -132,6 +132,7 @@ def compile_model(
     #    records, and give every kernel still without one a default schedule.
     cache = TargetCache.open(target_dict, _tvm.TVM_VERSION, cache_dir)
     scheduled, reports.schedule = schedule_kernels(fused, tvm_target, preset, cache, tune, progress)
+    raise_if_interrupted()  # one a kernel's schedule fallback swallowed would leave it unscheduled
 
     destination = Path(output_dir) if output_dir else DEFAULT_ARTIFACTS_DIR / f"{imported.name}-{preset.name}"
     with staging_folder(destination) as staging:
@@ -147,6 +148,7 @@ def compile_model(
             reports.build.measured_ms = _measured_ms(staging / library, preset, imported.inputs, shrunk.weights)
 
         # 8. Package: manifest with provenance and file hashes, then rename into place.
+        raise_if_interrupted()
         manifest = _manifest(imported, preset, tvm_target, reports, time.perf_counter() - started)
         manifest = finalize(staging, destination, manifest, signer=signer)
     return CompileResult(artifact_dir=destination, manifest=manifest, reports=reports)
