@@ -22,8 +22,8 @@ import math
 
 from .. import _tvm
 from .._tvm import tvm
+from .channel_reduce import SPATIAL
 
-SPATIAL = 0  # IterVar kind: data parallel
 MAX_UNROLLED_RUNS = 64
 VECTOR_CHUNKS = (64, 32, 16, 8, 4)  # elements per vectorized loop, the largest dividing the run
 

@@ -104,13 +104,19 @@ def conv_geometry(sch, conv) -> tuple[int, int, int]:
     """(output width, output channels, lanes) of the packed conv block."""
     block = sch.get(conv)
     out = block.writes[0].source
-    weight = next(r.source for r in block.reads if len(r.source.shape) == 5)
+    weight = conv_operand(block, 5)
     return int(out.shape[2]), int(out.shape[3]), int(weight.shape[4])
+
+
+def conv_operand(block, rank: int):
+    """The packed conv block's operand of this rank: the (padded) NHWC input (4) or the
+    packed weight (5)."""
+    return next(r.source for r in block.reads if len(r.source.shape) == rank)
 
 
 def channels_per_group(sch, conv) -> int:
     """Input channels each output channel reduces over (1: depthwise)."""
-    weight = next(r.source for r in sch.get(conv).reads if len(r.source.shape) == 5)
+    weight = conv_operand(sch.get(conv), 5)
     return int(weight.shape[3])
 
 
@@ -226,8 +232,7 @@ def column_bytes(sch, conv) -> int:
     column stride times a pixel's channels (NHWC). The stride is read off the shapes, the
     (padded) input width against the output width and the kernel width."""
     block = sch.get(conv)
-    data = next(r.source for r in block.reads if len(r.source.shape) == 4)
-    weight = next(r.source for r in block.reads if len(r.source.shape) == 5)
+    data, weight = conv_operand(block, 4), conv_operand(block, 5)
     out_width = int(block.writes[0].source.shape[2])
     in_width, channels, kernel_width = int(data.shape[2]), int(data.shape[3]), int(weight.shape[2])
     stride = (in_width - kernel_width) // (out_width - 1) if out_width > 1 else 1
