@@ -213,7 +213,7 @@ def kernel_table(artifact: Path, onnx_path: Path, target_name: str, cache_dir: P
     # which for tuned kernels does not always match these names.
     kernels = {gv.name_hint: func for gv, func in scheduled.functions_items()
                if isinstance(func, _tvm.PrimFunc) and gv.name_hint in calls}
-    built = tvm.compile(tvm.ir.IRModule({n: f.with_attr("global_symbol", n) for n, f in kernels.items()}), target=target)
+    built = _tvm.compile_executable(tvm.ir.IRModule({n: f.with_attr("global_symbol", n) for n, f in kernels.items()}), target)
     library = getattr(built, "mod", built)
     device = tvm.cpu()
     rng = np.random.default_rng(0)
@@ -283,7 +283,7 @@ def ab_overhead(onnx_path: Path, target_name: str, threads: int, repeat: int) ->
             for mode in ("bytecode", "compiled"):
                 name = f"{mode}, {'small kernels serial' if serial else 'all parallel'}"
                 path = folder / f"{mode}-{int(serial)}.so"
-                _tvm.relax.build(scheduled, target, exec_mode=mode).export_library(str(path))
+                _tvm.relax.build(scheduled, target, exec_mode=mode, tir_pipeline=_tvm.TIR_PIPELINE).export_library(str(path))
                 vm = _tvm.relax.VirtualMachine(tvm.runtime.load_module(str(path)), device)
                 variants[name] = vm.time_evaluator("main", device, number=20, repeat=1)
     finally:

@@ -75,11 +75,64 @@ def test_packed_conv2d_matches_numpy(case, threads, host):
     text = scheduled.script()
     assert "T.vectorized" in text and ("T.parallel" in text) == (threads > 1)
     want = conv2d_reference(x, weight, (s, s), pad, (d, d), groups)
-    lib = tvm.compile(tvm.ir.IRModule({"main": scheduled}), target=target)
+    lib = _tvm.compile_executable(tvm.ir.IRModule({"main": scheduled}), target)
     out = tvm.runtime.tensor(np.zeros(want.shape, np.float32))
     lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(packed), out)
     # float32 sums of up to k*k*ic/groups products of unit normals: error ~ sqrt(terms) * eps
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4 * np.sqrt(k * k * ic / groups))
+
+
+def _depthwise_kernel(vector, channels=192, size=28):
+    weight = np.random.default_rng(1).standard_normal((channels, 3, 3, 1)).astype(np.float32)
+    packed = pack_conv2d_weight(weight, conv_lanes(channels, channels, vector[0]))
+    func = conv2d_nhwc_packed((1, size, size, channels), packed.shape, channels, channels, (1, 1), (1, 1, 1, 1), (1, 1))
+    return packed_conv2d_schedule(func, vector, 2).mod, weight, packed
+
+
+def test_register_tile_is_built_on_the_stack(host):
+    # TVM's pipeline gives the "local" register tile a heap workspace per parallel task, and
+    # behind a depthwise conv's bounds checks LLVM then stores every accumulator back after
+    # each multiply-add; ours keeps it an alloca (registers). Same numbers either way.
+    target, vector = host
+    mod, weight, packed = _depthwise_kernel(vector)
+    ours = _tvm.compile_executable(mod, target)
+    theirs = tvm.compile(mod, target=target)
+    assert "TVMBackendAllocWorkspace" in theirs.mod.inspect_source("s")
+    assert "TVMBackendAllocWorkspace" not in ours.mod.inspect_source("s")
+    x = np.random.default_rng(0).standard_normal((1, 28, 28, 192)).astype(np.float32)
+    outs = []
+    for lib in (ours, theirs):
+        out = tvm.runtime.tensor(np.zeros((1, 28, 28, 192), np.float32))
+        lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(packed), out)
+        outs.append(out.numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+    want = conv2d_reference(x, weight, (1, 1), (1, 1, 1, 1), (1, 1), 192)
+    np.testing.assert_allclose(outs[0], want, rtol=1e-4, atol=1e-4 * 3)
+
+
+def test_only_small_local_buffers_move_to_the_stack():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def scratch(a: T.Buffer((4096,), "float32"), b: T.Buffer((4096,), "float32")):
+        # a 16 KiB local buffer: past STACK_TILE_BYTES, it keeps TVM's heap workspace
+        big = T.sblock_alloc_buffer((4096,), scope="local")
+        for i in range(4096):
+            with T.sblock("copy"):
+                v = T.axis.remap("S", [i])
+                big[v] = a[v] * T.float32(2)
+        for i in range(4096):
+            with T.sblock("out"):
+                v = T.axis.remap("S", [i])
+                b[v] = big[v] + T.float32(1)
+
+    _, target = resolve_preset(load_preset("host"))
+    lib = _tvm.compile_executable(tvm.ir.IRModule({"main": scratch}), target)
+    assert "TVMBackendAllocWorkspace" in lib.mod.inspect_source("s")
+    a = np.arange(4096, dtype=np.float32)
+    b = tvm.runtime.tensor(np.zeros(4096, np.float32))
+    lib["main"](tvm.runtime.tensor(a), b)
+    np.testing.assert_array_equal(b.numpy(), a * 2 + 1)
 
 
 def test_register_tile_fills_the_registers_without_running_past_edges():

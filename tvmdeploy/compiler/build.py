@@ -29,7 +29,7 @@ def build_library(mod: tvm.ir.IRModule, target: tvm.target.Target, preset: Prese
     fcompile = export_compiler(preset)  # checked before the (slow) compile
     try:
         with _device_codegen(target, preset):
-            executable = tvm.compile(mod, target=target)
+            executable = _tvm.compile_executable(mod, target)
     except BuildError:
         raise
     except Exception as e:

@@ -25,7 +25,7 @@ class HostModel:
             lowered, _ = apply_default_schedules(lower_for_tuning(mod), target)
             lowered = fold_weight_layouts(lowered, target)
             with _tvm.native_stderr_to(None):
-                executable = tvm.compile(lowered, target=target)
+                executable = _tvm.compile_executable(lowered, target)
         except Exception as e:
             raise BuildError(f"could not build the model to {purpose}: {summarize_exception(e)}") from e
         self.device = tvm.cpu()

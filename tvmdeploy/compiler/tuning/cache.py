@@ -50,7 +50,9 @@ from .records import RecordSet, read_database, write_database
 #   3: packed fp32 convs with channels padded to whole vectors, and injective kernels'
 #      space vectorizing within a row: a record of a v2 injective kernel replays
 #      MetaSchedule's wrapping 64-wide vectors (up to 18x slower than the new default)
-CACHE_LAYOUT_VERSION = 3
+#   4: register tiles built on the stack (_tvm.TIR_PIPELINE): records were measured with
+#      heap tiles, which ranked schedules differently (small tiles, fewer branches)
+CACHE_LAYOUT_VERSION = 4
 LOCK_TIMEOUT_S = float(os.environ.get("TVMDEPLOY_LOCK_TIMEOUT_S", 600))
 _log = logging.getLogger("tvmdeploy.tuning")
 
