@@ -178,6 +178,22 @@ def test_default_tile_reads_the_column_stride_off_the_kernel(host):
         assert column_bytes(sch, find_conv_block(sch)[1]) == want, (h, ic, k, s)
 
 
+def test_depthwise_default_tile_uses_half_the_registers():
+    from tvmdeploy.compiler.kernels.fp32_schedule import kernel_default_tile
+
+    def tile(size, channels, groups, registers):
+        packed_shape = pack_conv2d_weight(np.zeros((channels, 3, 3, channels // groups), np.float32), conv_lanes(channels, groups, 16)).shape
+        func = conv2d_nhwc_packed((1, size, size, channels), packed_shape, channels, groups, (1, 1), (1, 1, 1, 1), (1, 1))
+        return kernel_default_tile(_tvm.Schedule(tvm.ir.IRModule({"main": func})), (16, registers))
+
+    # AVX-512: a 3x3 conv over channels fills the 32 registers (14 x 2 = 28 accumulators);
+    # the same shape depthwise keeps 14 x 1 (14 accumulators + 1 weight <= 16)
+    assert (tile(28, 192, 1, 32).columns, tile(28, 192, 1, 32).vectors) == (14, 2)
+    assert (tile(28, 192, 192, 32).columns, tile(28, 192, 192, 32).vectors) == (14, 1)
+    assert (tile(112, 32, 32, 32).columns, tile(112, 32, 32, 32).vectors) == (14, 1)
+    assert (tile(7, 960, 960, 32).columns, tile(7, 960, 960, 32).vectors) == (7, 1)
+
+
 def test_weight_packing_is_the_layout_the_kernel_reads():
     w = np.arange(32 * 3 * 3 * 8, dtype=np.float32).reshape(32, 3, 3, 8)
     packed = pack_conv2d_weight(w, 16)
