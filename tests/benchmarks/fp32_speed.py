@@ -340,7 +340,7 @@ def main() -> None:
     cache = Path(args.cache_dir) if args.cache_dir else work / "cache"
     tune = None
     if args.minutes or args.trials:
-        tune = TuningBudget(**{k: v for k, v in (("minutes", args.minutes), ("trials", args.trials)) if v})
+        tune = TuningBudget(minutes=args.minutes, trials=args.trials)  # minutes alone: tune until they are spent
     print(f"CPU: {_cpu_name()}; work folder {work}")
     summary = []
     for name in names:

@@ -80,3 +80,35 @@ def test_same_numbers():
     x = np.random.default_rng(0).standard_normal(SHAPE).astype("float32")
     mod = relax_main(_unit, SHAPE)
     np.testing.assert_array_equal(_run(_sunk(mod), x), _run(mod, x))
+
+
+def _gather_then_residual(index_is_constant: bool) -> tvm.IRModule:
+    """ShuffleNet's drop before its residual add: gather, add the residual, ReLU."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
+    r = relax.Var("r", relax.TensorType((1, 3, 4, 6), "float32"))
+    index = relax.Var("index", relax.TensorType((6,), "int32"))
+    with bb.function("main", [x, r] + ([] if index_is_constant else [index])):
+        with bb.dataflow():
+            y = bb.emit(_take(x, DROP) if index_is_constant else relax.op.take(x, index, axis=3, mode="clip"))
+            y = bb.emit(relax.op.add(y, r))
+            out = bb.emit_output(relax.op.nn.relu(y))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_a_constant_gather_left_over_fuses_into_the_ops_after_it():
+    from tvmdeploy.compiler.lowering import lower
+    from tvmdeploy.compiler.tuning.default_schedule import apply_default_schedules
+
+    target = resolve_preset(load_preset("host"))[1]
+    for constant, kernels in ((True, 1), (False, 2)):  # a gather by a runtime index stays a kernel of its own
+        lowered, _ = lower(_gather_then_residual(constant), target)
+        calls = [b.value for b in lowered["main"].body.blocks[0].bindings if isinstance(b.value, relax.Call)]
+        assert len(calls) == kernels, lowered["main"]
+    rng = np.random.default_rng(0)
+    x, r = rng.standard_normal(SHAPE).astype("float32"), rng.standard_normal((1, 3, 4, 6)).astype("float32")
+    scheduled, _ = apply_default_schedules(lower(_gather_then_residual(True), target)[0], target)
+    vm = relax.VirtualMachine(tvm.compile(scheduled, target=target), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(r)).numpy()
+    np.testing.assert_array_equal(got, np.maximum(x[..., DROP] + r, 0))

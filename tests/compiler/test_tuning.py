@@ -277,3 +277,24 @@ def test_tuning_runner_measures_on_the_thread_pool_an_artifact_gets():
     threads, spin = json.loads(done.stdout.strip().splitlines()[-1])
     assert threads == 3  # not a count TVM would pick by itself on a 2- or 4-CPU machine
     assert spin == str(WORKER_SPIN_COUNT)
+
+
+def test_a_time_budget_alone_tunes_until_the_time_is_spent(tmp_path, capfd):
+    from tvmdeploy.cli.main import _budget, _parser
+    from tvmdeploy.compiler.tuning.budget import DEFAULT_TRIALS, TIMED_TRIALS_PER_TASK
+
+    assert TuningBudget().trials == DEFAULT_TRIALS and TuningBudget(trials=5, minutes=1).trials == 5
+    timed = TuningBudget(minutes=60)
+    assert timed.trials is None and timed.per_task(28) == TIMED_TRIALS_PER_TASK
+    for argv, trials in ((["tune", "m.onnx", "--time-budget", "60"], None), (["tune", "m.onnx"], DEFAULT_TRIALS),
+                         (["compile", "m.onnx", "--time-budget", "60", "--tune"], None),
+                         (["tune", "m.onnx", "--time-budget", "60", "--trials", "7"], 7)):
+        args = _parser().parse_args(argv)
+        assert _budget(args.trials if argv[0] == "tune" else args.tune_trials, args).trials == trials, argv
+
+    # A real 12-second run on the MLP is sized by the clock, which ends it (MetaSchedule's
+    # setup alone may take that long here: no trial count is asserted).
+    result = compile_model(MLP, "host", output_dir=tmp_path / "a", tune=TuningBudget(minutes=0.2), cache_dir=tmp_path / "c")
+    tuning = result.manifest.extra["tuning"]
+    assert tuning["stopped_by"] == "time budget" and tuning["budget"]["trials"] is None
+    assert "for 0.2 min" in capfd.readouterr().err

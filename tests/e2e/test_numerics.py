@@ -37,7 +37,8 @@ def test_torch_exports_match_onnxruntime(name, tmp_path):
     # The manifest lists what each stage reported running, in pipeline order (that the
     # BatchNorm arithmetic is gone is checked in tests/compiler/test_pass_fold_conv_affine.py).
     reports = result.reports
-    assert result.manifest.passes == reports.imported.passes + reports.graph.passes + reports.lowering.passes + reports.schedule.passes
+    assert result.manifest.passes == reports.imported.passes + reports.graph.passes + reports.lowering.passes + reports.schedule.passes + reports.build.passes
+    assert reports.build.passes == ["RegisterTilesOnStack"]
     assert 0 < reports.schedule.kernels_default <= reports.lowering.kernels  # an empty cache: defaults only
 
 

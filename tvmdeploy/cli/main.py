@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="artifact folder (default: artifacts/<model>-<target>)")
     _add_input_shape(p)
     p.add_argument("--tune", action="store_true", help="tune the kernels the tuning cache does not cover yet")
-    p.add_argument("--tune-trials", type=int, default=None, metavar="N", help=f"tuning trials (implies --tune; default {DEFAULT_TRIALS})")
+    p.add_argument("--tune-trials", type=int, default=None, metavar="N", help=f"tuning trials (implies --tune; default {DEFAULT_TRIALS}, or until --time-budget is spent)")
     _add_tuning_options(p)
     _add_shrink_options(p)
     p.add_argument("--sign", metavar="KEY", help="sign the artifact with this Ed25519 private key (from `tvmdeploy keygen`)")
@@ -102,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="tune a model's kernels for a target into the tuning cache")
     p.add_argument("model", help="model file: .onnx, .pt2 (torch.export.save) or .tflite")
     p.add_argument("--target", "-t", default="host", help="target preset name or .toml file (default: host)")
-    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help=f"trials across all kernels (default {DEFAULT_TRIALS})")
+    p.add_argument("--trials", type=int, default=None,
+                   help=f"trials across all kernels (default {DEFAULT_TRIALS}; with --time-budget alone, until the time is spent)")
     _add_input_shape(p)
     _add_tuning_options(p)
     _add_shrink_options(p)
@@ -233,7 +234,7 @@ def _add_tuning_options(p) -> None:
     p.add_argument("--cache-dir", help="tuning cache root (default: $TVMDEPLOY_CACHE_DIR or ~/.cache/tvmdeploy)")
 
 
-def _budget(trials: int, args):
+def _budget(trials: int | None, args):
     from ..compiler.tuning.budget import TuningBudget
 
     return TuningBudget(trials=trials, trials_per_task=args.trials_per_task, minutes=args.time_budget)
@@ -345,7 +346,7 @@ def _cmd_compile(args) -> int:
         target=args.target,
         output_dir=args.output,
         input_shapes=parse_input_shapes(args.input_shape),
-        tune=_budget(args.tune_trials if args.tune_trials is not None else DEFAULT_TRIALS, args) if tune else None,
+        tune=_budget(args.tune_trials, args) if tune else None,
         cache_dir=args.cache_dir,
         prune=prune,
         compress=compress,

@@ -50,8 +50,8 @@ def mark_scheduled(func, symbol: str):
 
 # --- The TIR build pipeline: TVM's default, plus register tiles on the stack -------------
 #
-# TVM's LowerTVMBuiltin gives every CPU buffer that is not "global" and under 1 KiB a heap
-# workspace (TVMBackendAllocWorkspace + free, per parallel task), and that includes the
+# TVM's LowerTVMBuiltin gives every CPU buffer a heap workspace (TVMBackendAllocWorkspace
+# + free, per parallel task) unless it is "global" and under 1 KiB, and that includes the
 # "local" register tile of our conv and dense kernels. LLVM keeps a heap tile in registers
 # only across straight-line code: behind the bounds checks of a depthwise conv every
 # multiply-add stored its accumulator back to memory (28x28x192 3x3 depthwise: 93 us,
@@ -80,7 +80,7 @@ def _tile_on_stack(alloc):
     return tirx.AllocBuffer(buffer, annotations)
 
 
-@tvm.transform.module_pass(opt_level=0, name="tvmdeploy.RegisterTilesOnStack")
+@tvm.transform.module_pass(opt_level=0, name="RegisterTilesOnStack")
 def register_tiles_on_stack(mod, _ctx):
     functions = {
         gv: tvm_ffi.structural_map(func, (tirx.AllocBuffer, _tile_on_stack)) if isinstance(func, tirx.PrimFunc) else func
@@ -97,6 +97,7 @@ def _tvmdeploy_tir_pipeline():
 
 
 tirx.register_tir_pipeline(TIR_PIPELINE, _tvmdeploy_tir_pipeline)
+TIR_PIPELINE_PASSES = (register_tiles_on_stack,)  # ours, run in every build beside TVM's
 
 
 def compile_executable(mod, target, **options):

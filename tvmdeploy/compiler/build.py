@@ -23,6 +23,11 @@ def library_file_name(preset: Preset) -> str:
 PARALLEL_POOL_SOURCE = Path(__file__).parent / "native" / "parallel_pool.c"
 
 
+def build_pass_names() -> list[str]:
+    """The passes of ours that every build runs (inside TVM's TIR pipeline)."""
+    return [str(p.info.name) for p in _tvm.TIR_PIPELINE_PASSES]
+
+
 def build_library(mod: tvm.ir.IRModule, target: tvm.target.Target, preset: Preset, path: Path) -> str:
     """Compile `mod` for `target` and write the library for `preset` to `path`; returns the
     thread pool its parallel kernels can run on ("tvmdeploy" or "tvm")."""

@@ -33,12 +33,12 @@ from .passes.channel_shuffle import ChannelShuffleNHWC
 from .passes.fast_math import FastMath
 from .passes.layer_norm_rows import LayerNormRows
 from .passes.pack_conv2d import PackConv2dFp32, count_packable
-from .passes.sink_channel_take import SinkChannelTake
+from .passes.sink_channel_take import SinkChannelTake, legalize_channel_gather
 from ..errors import BuildError
 from .reports import LoweringReport, PassLog
 
 LOWERING_PASSES = (
-    relax.transform.LegalizeOps,
+    lambda: relax.transform.LegalizeOps({"relax.take": legalize_channel_gather}),
     relax.transform.AnnotateTIROpPattern,
     relax.transform.FoldConstant,
     relax.transform.FuseOps,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from .artifact import check_destination, finalize, staging_folder
-from .build import build_library, library_file_name
+from .build import build_library, build_pass_names, library_file_name
 from ..errors import RemoteError, TvmDeployError, raise_if_interrupted
 from .frontend import import_model
 from ..runtime.manifest import Manifest
@@ -142,6 +142,7 @@ def compile_model(
         if shrunk.weights is not None:
             write_weights(staging / WEIGHTS_FILE, shrunk.weights)
         reports.build = BuildReport(
+            passes=build_pass_names(),
             library=library, weights="embedded" if shrunk.weights is None else WEIGHTS_FILE, thread_pool=thread_pool
         )
         if reports.schedule.tuning is not None:

@@ -18,6 +18,12 @@ gathers compose into one:
 
 Only gathers whose indices are distinct (a bias must land on one channel) and whose
 result feeds this op alone (else the op would run twice) are moved.
+
+The gathers that remain are legalized as injective kernels (`legalize_channel_gather`):
+TVM's pattern analysis calls a table-indexed read opaque, so FuseOps kept each gather a
+kernel of its own, writing a tensor the next kernel read back (ShuffleNet's drop before
+its residual add). An injective gather fuses into the elementwise and injective ops after
+it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from tvm.ir.transform import PassContext
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.transform import function_pass
 
+from .._tvm import topi
 from ..analysis.channels import constant_array, static_shape
 from ..analysis.layer_calls import is_primitive
 from ..analysis.uses import UseCounts, rewrite_to_fixed_point
@@ -60,6 +67,16 @@ def per_channel(value: np.ndarray, channels: int, rank: int) -> np.ndarray | Non
     if value.ndim > rank or any(d != 1 for d in value.shape[:-1]) or (value.ndim and value.shape[-1] not in (1, channels)):
         return None
     return np.broadcast_to(value.reshape(-1) if value.ndim else value, (channels,))
+
+
+INJECTIVE = 2  # TVM's OpPatternKind kInjective
+
+
+def legalize_channel_gather(bb, call: relax.Call) -> relax.Expr:
+    """LegalizeOps' rule for relax.take: TVM's own kernel (topi.take), marked injective
+    when it gathers channels by a constant index (see the module docstring)."""
+    attrs = {"primfunc_attrs": {"op_pattern": INJECTIVE}} if channel_gather(call) is not None else {}
+    return bb.call_te(topi.take, call.args[0], call.args[1], call.attrs.axis, mode=call.attrs.mode, **attrs)
 
 
 @function_pass(opt_level=0)

@@ -12,7 +12,7 @@ from typing import TextIO
 class ProgressState:
     trials: int  # measured
     submitted: int  # sent to the builder (measured in batches later)
-    trial_budget: int
+    trial_budget: int | None  # None: a time budget alone (the bar shows the time spent)
     tasks_done: int
     tasks_total: int
     estimated_ms: float | None  # best estimated end-to-end latency so far
@@ -52,13 +52,19 @@ class Progress:
     @staticmethod
     def format(s: ProgressState) -> str:
         width = 24
-        done = int(width * min(1.0, s.trials / max(1, s.trial_budget)))
-        sent = max(done, int(width * min(1.0, s.submitted / max(1, s.trial_budget))))
+        if s.trial_budget is None:
+            total = s.elapsed_s + (s.remaining_s or 0.0)
+            done = sent = int(width * min(1.0, s.elapsed_s / total)) if total > 0 else 0
+            measured = f"{s.trials} trials measured"
+        else:
+            done = int(width * min(1.0, s.trials / max(1, s.trial_budget)))
+            sent = max(done, int(width * min(1.0, s.submitted / max(1, s.trial_budget))))
+            measured = f"{s.trials}/{s.trial_budget} trials measured"
         bar = "#" * done + "+" * (sent - done) + "-" * (width - sent)
         est = f"{s.estimated_ms:.3f} ms" if s.estimated_ms is not None else "n/a"
         remaining = f", ~{_clock(s.remaining_s)} left" if s.remaining_s is not None else ""
         return (
-            f"tuning [{bar}] {s.trials}/{s.trial_budget} trials measured ({s.submitted} sent), "
+            f"tuning [{bar}] {measured} ({s.submitted} sent), "
             f"kernels {s.tasks_done}/{s.tasks_total}, "
             f"best est. {est}, {_clock(s.elapsed_s)} elapsed{remaining}"
         )

@@ -169,16 +169,17 @@ def tune(
                 str(cache.folder), reports, 0, from_cache, time.monotonic() - started, asdict(budget),
                 "nothing to tune" if not todo else "trial budget",
             )
-        trials = min(budget.trials, sum(remaining.values()))
+        trials = sum(remaining.values()) if budget.trials is None else min(budget.trials, sum(remaining.values()))
         task_cap = max(remaining.values())
         callback = _ProgressCallback(
             [r for _, r, _ in todo], reports, trials, deadline, progress, started,
-            merge=lambda: cache.merge(read_database(session)),
+            merge=lambda: cache.merge(read_database(session)), timed=budget.trials is None,
         )
         progress.message(
             f"tuning {len(todo)} of {len(extracted)} kernels ({from_cache} done before) for "
-            f"{target.kind.name} {target.attrs.get('mcpu', '')}: up to {trials} trials, "
-            f"{task_cap} per kernel" + (f", {budget.minutes:g} min" if budget.minutes else "")
+            f"{target.kind.name} {target.attrs.get('mcpu', '')}: "
+            + (f"for {budget.minutes:g} min" if budget.trials is None else f"up to {trials} trials, {task_cap} per kernel")
+            + (f", {budget.minutes:g} min" if budget.minutes and budget.trials is not None else "")
         )
         cache.update_ledger({shash: {"state": "started", "per_task": per_task} for _, _, shash in todo})
         log_dir = cache.folder / "logs" / time.strftime("%Y%m%d-%H%M%S")
@@ -481,10 +482,11 @@ class _ProgressCallback(ms.measure_callback.PyMeasureCallback):
     """After every measured batch: count trials, keep the best per kernel, report
     progress, and merge the new records into the shared cache."""
 
-    def __init__(self, tuned, all_tasks, budget, deadline, progress, started, merge):
+    def __init__(self, tuned, all_tasks, budget, deadline, progress, started, merge, timed: bool = False):
         super().__init__()
         self.tuned, self.all_tasks = tuned, all_tasks
         self.budget, self.deadline, self.progress, self.started = budget, deadline, progress, started
+        self.timed = timed  # a time budget alone: the trial count is only a cap the clock reaches first
         self.merge = merge
         self.trials = 0
         self.submitted_trials = 0
@@ -524,7 +526,7 @@ class _ProgressCallback(ms.measure_callback.PyMeasureCallback):
         return ProgressState(
             trials=self.trials,
             submitted=self.submitted_trials,
-            trial_budget=self.budget,
+            trial_budget=None if self.timed else self.budget,
             tasks_done=sum(t.best_ms is not None for t in self.tuned),
             tasks_total=len(self.tuned),
             estimated_ms=estimated,
