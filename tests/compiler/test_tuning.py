@@ -291,6 +291,9 @@ def test_a_time_budget_alone_tunes_until_the_time_is_spent(tmp_path, capfd):
                          (["tune", "m.onnx", "--time-budget", "60", "--trials", "7"], 7)):
         args = _parser().parse_args(argv)
         assert _budget(args.trials if argv[0] == "tune" else args.tune_trials, args).trials == trials, argv
+    for minutes in (0, -1, float("nan"), float("inf")):  # nan and inf would never end a time-only run
+        with pytest.raises(TvmDeployError, match="--time-budget must be a finite number of minutes > 0"):
+            TuningBudget(minutes=minutes)
 
     # A real 12-second run on the MLP is sized by the clock, which ends it (MetaSchedule's
     # setup alone may take that long here: no trial count is asserted).

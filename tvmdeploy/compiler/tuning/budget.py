@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ...errors import TvmDeployError
@@ -29,8 +30,9 @@ class TuningBudget:
             raise TvmDeployError(f"--trials must be >= 0, got {self.trials}")
         if self.trials_per_task is not None and self.trials_per_task < 1:
             raise TvmDeployError(f"--trials-per-task must be >= 1, got {self.trials_per_task}")
-        if self.minutes is not None and self.minutes <= 0:
-            raise TvmDeployError(f"--time-budget must be > 0 minutes, got {self.minutes}")
+        if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
+            # nan or inf would never end a run that has no trial count to end it
+            raise TvmDeployError(f"--time-budget must be a finite number of minutes > 0, got {self.minutes}")
 
     def per_task(self, num_tasks: int) -> int:
         if self.trials_per_task is not None:
