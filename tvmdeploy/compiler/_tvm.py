@@ -33,6 +33,7 @@ PrimFunc = tirx.PrimFunc
 BufferType = tirx.BufferType  # a PrimFunc parameter's type when it is a buffer (0.27: no buffer_map)
 structural_equal = tvm_ffi.structural_equal  # was tvm.ir.structural_equal
 TIR_EXP_OP = "tirx.exp"  # the TIR op name MetaSchedule's rules may be told to avoid
+OP_PATTERN_INJECTIVE = 2  # TVM's OpPatternKind kInjective, a PrimFunc's "op_pattern" attribute
 RelaxConstant = tvm.ir.GenericConst  # a Relax constant (was relax.Constant)
 METASCHEDULE_LOGGER = "tvm.s_tir.meta_schedule"
 # Set on a PrimFunc once a schedule (tuned or default) has been applied to it.

@@ -35,7 +35,7 @@ from tvm.ir.transform import PassContext
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.transform import function_pass
 
-from .._tvm import topi
+from .._tvm import OP_PATTERN_INJECTIVE, topi
 from ..analysis.channels import constant_array, static_shape
 from ..analysis.layer_calls import is_primitive
 from ..analysis.uses import UseCounts, rewrite_to_fixed_point
@@ -69,13 +69,10 @@ def per_channel(value: np.ndarray, channels: int, rank: int) -> np.ndarray | Non
     return np.broadcast_to(value.reshape(-1) if value.ndim else value, (channels,))
 
 
-INJECTIVE = 2  # TVM's OpPatternKind kInjective
-
-
 def legalize_channel_gather(bb, call: relax.Call) -> relax.Expr:
     """LegalizeOps' rule for relax.take: TVM's own kernel (topi.take), marked injective
     when it gathers channels by a constant index (see the module docstring)."""
-    attrs = {"primfunc_attrs": {"op_pattern": INJECTIVE}} if channel_gather(call) is not None else {}
+    attrs = {"primfunc_attrs": {"op_pattern": OP_PATTERN_INJECTIVE}} if channel_gather(call) is not None else {}
     return bb.call_te(topi.take, call.args[0], call.args[1], call.attrs.axis, mode=call.attrs.mode, **attrs)
 
 

@@ -177,9 +177,7 @@ def tune(
         )
         progress.message(
             f"tuning {len(todo)} of {len(extracted)} kernels ({from_cache} done before) for "
-            f"{target.kind.name} {target.attrs.get('mcpu', '')}: "
-            + (f"for {budget.minutes:g} min" if budget.trials is None else f"up to {trials} trials, {task_cap} per kernel")
-            + (f", {budget.minutes:g} min" if budget.minutes and budget.trials is not None else "")
+            f"{target.kind.name} {target.attrs.get('mcpu', '')}: {_budget_words(budget, trials, task_cap)}"
         )
         cache.update_ledger({shash: {"state": "started", "per_task": per_task} for _, _, shash in todo})
         log_dir = cache.folder / "logs" / time.strftime("%Y%m%d-%H%M%S")
@@ -239,6 +237,12 @@ class _Measurer:
 
     def close(self) -> None:
         self.builder.close()
+
+
+def _budget_words(budget: TuningBudget, trials: int, task_cap: int) -> str:
+    if budget.trials is None:
+        return f"for {budget.minutes:g} min"
+    return f"up to {trials} trials, {task_cap} per kernel" + (f", {budget.minutes:g} min" if budget.minutes else "")
 
 
 def measure_defaults(tasks, target, database, measurer: _Measurer, deadline: "_Deadline") -> int:
