@@ -33,7 +33,11 @@ PrimFunc = tirx.PrimFunc
 BufferType = tirx.BufferType  # a PrimFunc parameter's type when it is a buffer (0.27: no buffer_map)
 structural_equal = tvm_ffi.structural_equal  # was tvm.ir.structural_equal
 TIR_EXP_OP = "tirx.exp"  # the TIR op name MetaSchedule's rules may be told to avoid
-OP_PATTERN_INJECTIVE = 2  # TVM's OpPatternKind kInjective, a PrimFunc's "op_pattern" attribute
+# TVM's OpPatternKind, a PrimFunc's "op_pattern" attribute (FuseOps reads it;
+# AnnotateTIROpPattern leaves a kernel that has one as it is).
+OP_PATTERN_INJECTIVE = 2  # kInjective: fuses into the injective and reducing ops around it
+OP_PATTERN_OUT_ELEMWISE_FUSABLE = 4  # kOutEWiseFusable: a conv's; the elementwise ops after it fuse in
+OP_PATTERN_OPAQUE = 8  # kOpaque: fuses with nothing
 RelaxConstant = tvm.ir.GenericConst  # a Relax constant (was relax.Constant)
 METASCHEDULE_LOGGER = "tvm.s_tir.meta_schedule"
 # Set on a PrimFunc once a schedule (tuned or default) has been applied to it.

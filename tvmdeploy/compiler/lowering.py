@@ -34,6 +34,7 @@ from .passes.fast_math import FastMath
 from .passes.layer_norm_rows import LayerNormRows
 from .passes.pack_conv2d import PackConv2dFp32, count_packable
 from .passes.sink_channel_take import SinkChannelTake, legalize_channel_gather
+from .passes.winograd_conv2d import WinogradConv2dFp32, count_winograd
 from ..errors import BuildError
 from .reports import LoweringReport, PassLog
 
@@ -61,27 +62,28 @@ def lower(mod: tvm.ir.IRModule, target: tvm.target.Target | None = None) -> tupl
     """The graph as fused kernels for `target` (None: generic kernels, no packed
     layouts), and the report naming the passes run."""
     ran = PassLog()
-    mod, packed = pack_for_target(mod, target, ran)
+    mod, packed, winograd = pack_for_target(mod, target, ran)
     if target is not None and target.kind.name == "llvm":
         # Vectorizable exp/erf/tanh/softmax (passes/fast_math.py), LayerNorm as a row kernel.
         mod = ran.run_all((FastMath, LayerNormRows), mod, "lowering")
     mod = ran.run_all(LOWERING_PASSES, mod, "lowering")
     mod = _only_constants_layout_free(mod)
     kernels = sum(1 for _, func in mod.functions_items() if isinstance(func, _tvm.PrimFunc))
-    return mod, LoweringReport(passes=list(ran), kernels=kernels, packed_conv2d=packed)
+    return mod, LoweringReport(passes=list(ran), kernels=kernels, packed_conv2d=packed, winograd_conv2d=winograd)
 
 
 def lower_for_tuning(mod: tvm.ir.IRModule, target: tvm.target.Target | None = None) -> tvm.ir.IRModule:
     return lower(mod, target)[0]
 
 
-def pack_for_target(mod: tvm.ir.IRModule, target, ran: PassLog) -> tuple[tvm.ir.IRModule, int]:
-    """float32 convolutions with constant weights -> NHWC packed kernels, on CPU targets;
-    returns the module and how many convolutions were packed."""
+def pack_for_target(mod: tvm.ir.IRModule, target, ran: PassLog) -> tuple[tvm.ir.IRModule, int, int]:
+    """float32 convolutions with constant weights -> NHWC packed kernels, on CPU targets,
+    3x3 ones through Winograd; returns the module, how many convolutions were packed and
+    how many of them run as Winograd."""
     if target is None or target.kind.name != "llvm" or not count_packable(mod, ("NCHW", "OIHW")) + count_packable(
         mod, ("NHWC", "OHWI")
     ):
-        return mod, 0
+        return mod, 0, 0
     lanes, _ = target_vector_shape(target)
     layout = (
         lambda: relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
@@ -94,10 +96,11 @@ def pack_for_target(mod: tvm.ir.IRModule, target, ran: PassLog) -> tuple[tvm.ir.
     except BuildError:
         # An op ConvertLayout cannot carry: the graph stays NCHW on generic kernels
         # (slower, still correct) rather than failing the compile.
-        return mod, 0
+        return mod, 0, 0
     ran.extend(trial)
-    packed = count_packable(nhwc, ("NHWC", "OHWI"))
-    return ran.run_all((lambda: PackConv2dFp32(lanes), SinkChannelTake), nhwc, "lowering"), packed
+    packed, winograd = count_packable(nhwc, ("NHWC", "OHWI")), count_winograd(nhwc, lanes)
+    passes = (lambda: WinogradConv2dFp32(lanes), lambda: PackConv2dFp32(lanes), SinkChannelTake)
+    return ran.run_all(passes if winograd else passes[1:], nhwc, "lowering"), packed, winograd
 
 
 def fold_weight_layouts(mod: tvm.ir.IRModule, target: tvm.target.Target, ran: PassLog | None = None) -> tvm.ir.IRModule:

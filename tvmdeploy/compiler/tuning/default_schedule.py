@@ -32,6 +32,7 @@ from ..kernels.concat_copy import concat_schedule
 from ..kernels.fp32_schedule import packed_conv2d_schedule
 from ..kernels.layer_norm_rows import layer_norm_rows_schedule
 from ..kernels.softmax_rows import softmax_rows_schedule
+from ..kernels.winograd_schedule import winograd_schedule
 from .analytic import UNROLL_CHOICE, matmul_like, tile_sizes
 from .analytic_int8 import int8_default_schedule
 
@@ -108,6 +109,7 @@ def cpu_default_schedule(func, target: tvm.target.Target, seed: int = 1):
     threads = 1 if serial else cores
     schedule = (
         packed_conv2d_schedule(func, vector, threads)
+        or winograd_schedule(func, vector[0], threads)
         or softmax_rows_schedule(func, vector[0], threads)
         or layer_norm_rows_schedule(func, vector[0], threads)
         or channel_reduce_schedule(func, vector[0], threads)
