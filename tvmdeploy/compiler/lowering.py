@@ -44,10 +44,11 @@ LOWERING_PASSES = (
     relax.transform.FoldConstant,
     relax.transform.FuseOps,
     relax.transform.FuseTIR,
-    # FuseTIR leaves the kernels it fused (e.g. a packed conv before its epilogue joined
-    # it): scheduling them was wasted compile time.
-    lambda: remove_uncalled_kernels,
     relax.transform.AttachAttrLayoutFreeBuffers,
+    # FuseTIR leaves the kernels it fused (e.g. a packed conv before its epilogue joined
+    # it), and AttachAttrLayoutFreeBuffers every kernel it marked, beside the marked copy
+    # main now calls: scheduling and building them was wasted compile time.
+    lambda: remove_uncalled_kernels,
 )
 
 # After the schedules: the weight repacking that RewriteLayout put in kernels, folded.
