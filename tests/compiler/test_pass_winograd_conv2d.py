@@ -95,11 +95,18 @@ def test_transformed_weight_is_g_w_gt_per_tile_point():
         ("1x1", (1, 10, 10, 16), _weight(32, 16, 1), {"padding": (0, 0)}),
         ("channels-not-whole-vectors", (1, 10, 10, 8), _weight(32, 8), {}),
         ("output-5x5", (1, 5, 5, 16), W, {}),  # 4 tiles for 25 pixels: 1.6x fewer multiplications
+        ("4-tiles", (1, 7, 7, 16), W, {}),  # 3x fewer multiplications, but a 4x weight serving 4 tiles
     ],
 )
 def test_convs_winograd_does_not_pay_for_stay_direct(case, shape, weight, attrs):
     mod = _module(lambda bb, x: _conv(x, weight, **{"padding": (1, 1), **attrs}), shape)
     verify_pass(WinogradConv2dFp32(16), mod, mod)
+
+
+def test_a_batch_brings_enough_tiles():
+    mod = _module(lambda bb, x: _conv(x, W), (2, 7, 7, 16))  # 2 images x 2 x 2 tiles
+    after = WinogradConv2dFp32(16)(mod)
+    assert sorted(gv.name_hint for gv in after.functions.keys()) == ["main", "winograd_input", "winograd_output"]
 
 
 def test_saving_counts_the_tiles_past_the_edge():
@@ -122,7 +129,7 @@ def _build_and_run(mod, target, x):
     [
         ((1, 13, 13, 32), 48, (1, 1)),  # 13 = 3 tiles + 1 row past the edge
         ((2, 9, 11, 16), 32, (0, 0)),  # batch 2, no padding, 7x9 output
-        ((1, 8, 8, 16), 16, (2, 1, 0, 1)),  # asymmetric padding
+        ((1, 12, 12, 16), 16, (2, 1, 0, 1)),  # asymmetric padding
     ],
     ids=["13x13", "batch2-unpadded", "asymmetric-padding"],
 )

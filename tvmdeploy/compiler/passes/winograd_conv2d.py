@@ -16,8 +16,9 @@ conv, each timed alone (AMD Zen 4, 2 threads): 0.27x-0.58x.
 
 A convolution is left direct where Winograd saves less than half the multiplications
 (small outputs, whose 4x4 tiles are mostly past the edge: 5x5 and under, except 3x3),
-or where its channels are not whole vectors (the transforms run one vector of channels
-at a time).
+where it has fewer than MIN_TILES tiles (its 4x larger weight would be streamed for
+little work), or where its channels are not whole vectors (the transforms run one vector
+of channels at a time).
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ from .carry import carries_errors
 from .pack_conv2d import packable_conv2d
 
 MIN_SAVING = 2.0  # direct multiplications per Winograd one, at least
+# Tiles per conv (batch x tile rows x tile columns), at least. The transformed weight is
+# 4x the weight (36 points against 9 taps) and each of its elements serves one multiply-add
+# per tile: with few tiles the conv streams weights instead of computing, and the
+# artifact grows for nothing. ResNet-50's 7x7 stage has 4 tiles: with Winograd there too
+# the artifact was 97.6 MB, without it 59.9 MB (46.6 MB all direct), at the same speed
+# (43.1 against 42.6 ms, one interleaved bench; 49.4 ms all direct).
+MIN_TILES = 8
 
 
 def winograd_saving(out_height: int, out_width: int) -> float:
@@ -56,7 +64,8 @@ def winograd_eligible(call: relax.Call, vector_lanes: int) -> bool:
         return False
     a = call.attrs
     k, kh, kw, c = (int(d) for d in call.args[1].ty.shape)
-    _, oh, ow, _ = static_shape(call)
+    n, oh, ow, _ = static_shape(call)
+    th, tw = tiles(oh, ow)
     return (
         (kh, kw) == (3, 3)
         and [int(s) for s in a.strides] == [1, 1]
@@ -65,6 +74,7 @@ def winograd_eligible(call: relax.Call, vector_lanes: int) -> bool:
         and c % vector_lanes == 0
         and k % vector_lanes == 0
         and winograd_saving(oh, ow) >= MIN_SAVING
+        and n * th * tw >= MIN_TILES
     )
 
 
