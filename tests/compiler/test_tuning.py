@@ -301,3 +301,32 @@ def test_a_time_budget_alone_tunes_until_the_time_is_spent(tmp_path, capfd):
     tuning = result.manifest.extra["tuning"]
     assert tuning["stopped_by"] == "time budget" and tuning["budget"]["trials"] is None
     assert "for 0.2 min" in capfd.readouterr().err
+
+
+def test_a_time_budget_ends_early_once_every_kernels_space_is_exhausted(tmp_path):
+    """A 1x1 conv on one pixel and one vector of channels: its micro-kernel space has a
+    handful of points. Once the search finds nothing unmeasured the kernel is finished,
+    instead of the search being asked again until the clock runs out."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 16, 1, 1)).astype("float32"), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+        "pixel_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 1, 1])],
+        [weight],
+    )
+    path = tmp_path / "pixel_conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    budget = TuningBudget(minutes=10)
+    result = compile_model(path, "host", output_dir=tmp_path / "a", tune=budget, cache_dir=tmp_path / "c")
+    tuning = result.manifest.extra["tuning"]
+    assert tuning["stopped_by"] == "search space exhausted", tuning["stopped_by"]
+    assert 0 < tuning["trials"] < 16
+    # Finished kernels are done in the ledger: the same budget again tunes nothing.
+    again = compile_model(path, "host", output_dir=tmp_path / "b", tune=budget, cache_dir=tmp_path / "c")
+    assert again.manifest.extra["tuning"]["stopped_by"] == "nothing to tune"
+    x = np.random.default_rng(1).standard_normal((1, 16, 1, 1)).astype("float32")
+    np.testing.assert_allclose(load(again.artifact_dir)(x=x)[0], ort_run(path, {"x": x})[0], rtol=1e-5, atol=1e-5)

@@ -20,7 +20,9 @@ library) stay unmarked: repacking them would cost a kernel call on every inferen
 Before all that, on CPU targets (`pack_for_target`): float32 convolutions with constant
 weights move to NHWC (`ConvertLayout`: pooling and elementwise ops follow, transposes
 only at the graph's borders) and become our packed kernels (`PackConv2dFp32`), whose
-weights are packed here already (so they are not marked layout-free).
+weights are packed here already (so they are not marked layout-free); 3x3 stride-1 ones
+first become Winograd transforms around a grouped 1x1 conv (`WinogradConv2dFp32`), which
+is then packed like any other.
 """
 
 from __future__ import annotations

@@ -69,10 +69,11 @@ def tiles(out_height: int, out_width: int) -> tuple[int, int]:
 
 def transform_weight(w_ohwi: np.ndarray) -> np.ndarray:
     """[K, 3, 3, C] -> the grouped 1x1 conv weight [36 * K, 1, 1, C] (OHWI): group
-    e1 * 6 + e2 holds (G w G^T)[e1, e2] for every (k, c), computed in float64."""
+    e1 * 6 + e2 holds (G w G^T)[e1, e2] for every (k, c). In float32 (each entry sums at
+    most 9 products), one axis at a time: nothing bigger than the result is allocated."""
     k, _, _, c = w_ohwi.shape
-    g = WEIGHT_MATRIX
-    u = np.einsum("ar,krsc,bs->abkc", g, w_ohwi.astype(np.float64), g)
+    g = WEIGHT_MATRIX.astype(np.float32)
+    u = np.einsum("ar,krsc,bs->abkc", g, np.asarray(w_ohwi, dtype=np.float32), g, optimize=True)
     return np.ascontiguousarray(u.reshape(POINTS * POINTS * k, 1, 1, c), dtype=np.float32)
 
 

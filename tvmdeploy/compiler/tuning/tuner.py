@@ -67,7 +67,7 @@ class TuningReport:
     tasks_from_cache: int  # tasks whose records were reused (no trials spent on them)
     seconds: float
     budget: dict
-    stopped_by: str  # "nothing to tune", "trial budget", "time budget"
+    stopped_by: str  # "nothing to tune", "trial budget", "time budget", "search space exhausted"
     curve: list[tuple[int, float]] = field(default_factory=list)  # (trials, est. latency ms)
 
     @property
@@ -199,8 +199,8 @@ def tune(
             # Every measured batch is already merged into the cache and the ledger still
             # says "started", so the next run continues these kernels.
             raise KeyboardInterrupt
-        stopped_by = "time budget" if deadline.passed() else "trial budget"
-        if stopped_by == "trial budget":  # a run cut short by time continues next time
+        stopped_by = _stopped_by(deadline, callback.exhausted_tasks, len(todo))
+        if stopped_by != "time budget":  # a run cut short by time continues next time
             cache.update_ledger({shash: {"state": "done", "per_task": per_task} for _, _, shash in todo})
         for _, report, _ in todo:
             if report.best_ms is not None:
@@ -323,7 +323,7 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
                 work_dir=str(log_dir),  # MetaSchedule writes its per-task logs under <work_dir>/logs
                 space=space_for_kernel(task.dispatched[0]["main"] if isinstance(task.dispatched[0], tvm.ir.IRModule)
                                        else task.dispatched[0], target),
-                strategy=_tvm.DeadlineSearch(_evolutionary_search(per_iter), deadline, callback.submitted),
+                strategy=_tvm.DeadlineSearch(_evolutionary_search(per_iter), deadline, callback.submitted, callback.exhausted),
                 num_threads=cores,
                 seed=0,
             )
@@ -393,6 +393,12 @@ def _stop_on_signals(deadline: _Deadline, progress: Progress):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _stopped_by(deadline: "_Deadline", exhausted_tasks: int, tasks: int) -> str:
+    if deadline.passed():
+        return "time budget"
+    return "search space exhausted" if exhausted_tasks >= tasks else "trial budget"
 
 
 def _evolutionary_search(per_iter: int):
@@ -494,12 +500,16 @@ class _ProgressCallback(ms.measure_callback.PyMeasureCallback):
         self.merge = merge
         self.trials = 0
         self.submitted_trials = 0
+        self.exhausted_tasks = 0  # tasks whose search found nothing new to measure
         self.curve: list[tuple[int, float]] = []
 
     def submitted(self, count: int) -> None:
         """Candidates sent to the builder (measurements are joined later, in batches)."""
         self.submitted_trials += count
         self.progress.update(self.state())
+
+    def exhausted(self) -> None:
+        self.exhausted_tasks += 1
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
         report = self.tuned[task_id]
