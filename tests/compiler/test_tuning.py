@@ -330,3 +330,29 @@ def test_a_time_budget_ends_early_once_every_kernels_space_is_exhausted(tmp_path
     assert again.manifest.extra["tuning"]["stopped_by"] == "nothing to tune"
     x = np.random.default_rng(1).standard_normal((1, 16, 1, 1)).astype("float32")
     np.testing.assert_allclose(load(again.artifact_dir)(x=x)[0], ort_run(path, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_winograd_transforms_are_left_to_their_one_schedule(tmp_path):
+    """Tuning searches the grouped conv between the transforms, never the transforms."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array((rng.standard_normal((16, 16, 3, 3)) / 12).astype("float32"), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "conv3x3",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 12, 12])],
+        [weight],
+    )
+    path = tmp_path / "conv3x3.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    result = compile_model(path, "host", output_dir=tmp_path / "a", tune=TuningBudget(trials=4), cache_dir=tmp_path / "c")
+    assert result.reports.lowering.winograd_conv2d == 1
+    tasks = {t["name"]: t for t in result.manifest.extra["tuning"]["tasks"]}
+    transforms = [t for name, t in tasks.items() if "winograd" in name]
+    assert len(transforms) == 2 and all(t["source"] == "default" and t["trials"] == 0 for t in transforms)
+    assert any("conv2d_fp32_packed" in name and t["trials"] > 0 for name, t in tasks.items())
+    x = rng.standard_normal((1, 16, 12, 12)).astype("float32")
+    np.testing.assert_allclose(load(result.artifact_dir)(x=x)[0], ort_run(path, {"x": x})[0], rtol=1e-4, atol=1e-4)

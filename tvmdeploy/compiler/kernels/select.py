@@ -18,7 +18,7 @@ from .fp32_schedule import conv2d_space
 from .int8_packed import BLOCK_NAME, PackedInt8
 from .layer_norm_rows import BLOCK_NAME as LAYER_NORM_BLOCK_NAME, layer_norm_rows_space
 from .softmax_rows import BLOCK_NAME as SOFTMAX_BLOCK_NAME, softmax_rows_space
-from .winograd_schedule import is_winograd_transform, winograd_space
+from .winograd_schedule import is_winograd_transform
 from .x86_intrin import int8_intrinsic_for, int8_space_generator, saturates_int16
 
 ARM_SDOT_INTRIN = "dot_4x4_i8i8s32_sdot"  # registered by tvm.s_tir.tensor_intrin.arm_cpu
@@ -52,6 +52,12 @@ def space_for_kernel(func, target, parallel: bool = True):
     return _tvm.cpu_space(extent, parallel)
 
 
+def has_fixed_schedule(func) -> bool:
+    """A kernel with one schedule and nothing to search (the Winograd transforms): tuning
+    leaves it to its default."""
+    return is_winograd_transform(func)
+
+
 def packed_space(func, target):
     """The space of a packed fp32 or int8 kernel, a row kernel (softmax, LayerNorm) or a
     channel-keeping reduction (pooling) or a concatenation; None for any other kernel."""
@@ -62,8 +68,6 @@ def packed_space(func, target):
         vector, cores = target_vector_shape(target), int(target.attrs.get("num-cores", 1))
         if FP32_BLOCK_NAME in text:
             return conv2d_space(vector, cores)
-        if is_winograd_transform(func):
-            return winograd_space(vector[0], cores)
         if SOFTMAX_BLOCK_NAME in text:
             return softmax_rows_space(vector[0], cores)
         if LAYER_NORM_BLOCK_NAME in text:

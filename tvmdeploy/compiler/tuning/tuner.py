@@ -28,7 +28,7 @@ from .. import _tvm
 from .._tvm import ms, relax, tvm
 from ...errors import BuildError, TvmDeployError, summarize_exception
 from ..kernels import register_intrinsics
-from ..kernels.select import space_for_kernel
+from ..kernels.select import has_fixed_schedule, space_for_kernel
 from .budget import DEFAULT_TRIALS, TuningBudget  # noqa: F401  (re-exported)
 from .cache import TargetCache
 from .progress import Progress, ProgressState
@@ -152,7 +152,8 @@ def tune(
             if record is not None:
                 report.best_ms = _median_ms(record.run_secs)
             entry = ledger.get(shash)
-            if report.flops == 0:  # reshape, concatenate: copies, the default schedule serves
+            # Copies (reshape, concatenate) and kernels with one schedule: the default serves.
+            if report.flops == 0 or has_fixed_schedule(_kernel_of(task)):
                 report.source = "default"
                 continue
             done = (entry is None and record is not None) or (
@@ -321,8 +322,7 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
             [context], [weight] = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 extracted_tasks=[task],
                 work_dir=str(log_dir),  # MetaSchedule writes its per-task logs under <work_dir>/logs
-                space=space_for_kernel(task.dispatched[0]["main"] if isinstance(task.dispatched[0], tvm.ir.IRModule)
-                                       else task.dispatched[0], target),
+                space=space_for_kernel(_kernel_of(task), target),
                 strategy=_tvm.DeadlineSearch(_evolutionary_search(per_iter), deadline, callback.submitted, callback.exhausted),
                 num_threads=cores,
                 seed=0,
@@ -393,6 +393,12 @@ def _stop_on_signals(deadline: _Deadline, progress: Progress):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _kernel_of(task):
+    """An extracted task's kernel (its dispatched module's PrimFunc)."""
+    dispatched = task.dispatched[0]
+    return dispatched["main"] if isinstance(dispatched, tvm.ir.IRModule) else dispatched
 
 
 def _stopped_by(deadline: "_Deadline", exhausted_tasks: int, tasks: int) -> str:
