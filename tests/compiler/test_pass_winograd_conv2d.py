@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tvm
 from conftest import LIGHT, ort_run, random_inputs
-from pass_helpers import verify_pass
+from pass_helpers import relax_main as _module, verify_pass
 from test_fp32_packed_kernels import conv2d_reference
 from tvm import relax
 
@@ -39,16 +39,6 @@ def _weight(out_channels, in_channels, size=3):
 
 def _conv(x, weight, padding=(1, 1), **attrs):
     return relax.op.nn.conv2d(x, relax.const(weight), padding=padding, data_layout="NHWC", kernel_layout="OHWI", **attrs)
-
-
-def _module(body, shape):
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(shape, "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(body(bb, x))
-        bb.emit_func_output(out)
-    return bb.get()
 
 
 def _kernel(bb, func, name, pattern):

@@ -307,19 +307,8 @@ def test_a_time_budget_ends_early_once_every_kernels_space_is_exhausted(tmp_path
     """A 1x1 conv on one pixel and one vector of channels: its micro-kernel space has a
     handful of points. Once the search finds nothing unmeasured the kernel is finished,
     instead of the search being asked again until the clock runs out."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 16, 1, 1)).astype("float32"), "w")
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
-        "pixel_conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 1, 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 1, 1])],
-        [weight],
-    )
-    path = tmp_path / "pixel_conv.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    weight = np.random.default_rng(0).standard_normal((16, 16, 1, 1)).astype("float32")
+    path = _conv_model(tmp_path / "pixel_conv.onnx", weight, [1, 16, 1, 1], relu=True)
     budget = TuningBudget(minutes=10)
     result = compile_model(path, "host", output_dir=tmp_path / "a", tune=budget, cache_dir=tmp_path / "c")
     tuning = result.manifest.extra["tuning"]
@@ -334,20 +323,9 @@ def test_a_time_budget_ends_early_once_every_kernels_space_is_exhausted(tmp_path
 
 def test_winograd_transforms_are_left_to_their_one_schedule(tmp_path):
     """Tuning searches the grouped conv between the transforms, never the transforms."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array((rng.standard_normal((16, 16, 3, 3)) / 12).astype("float32"), "w")
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
-        "conv3x3",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 12, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 12, 12])],
-        [weight],
-    )
-    path = tmp_path / "conv3x3.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    weight = (rng.standard_normal((16, 16, 3, 3)) / 12).astype("float32")
+    path = _conv_model(tmp_path / "conv3x3.onnx", weight, [1, 16, 12, 12], pads=[1, 1, 1, 1])
     result = compile_model(path, "host", output_dir=tmp_path / "a", tune=TuningBudget(trials=4), cache_dir=tmp_path / "c")
     assert result.reports.lowering.winograd_conv2d == 1
     tasks = {t["name"]: t for t in result.manifest.extra["tuning"]["tasks"]}
@@ -356,3 +334,18 @@ def test_winograd_transforms_are_left_to_their_one_schedule(tmp_path):
     assert any("conv2d_fp32_packed" in name and t["trials"] > 0 for name, t in tasks.items())
     x = rng.standard_normal((1, 16, 12, 12)).astype("float32")
     np.testing.assert_allclose(load(result.artifact_dir)(x=x)[0], ort_run(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+def _conv_model(path, weight, shape, relu=False, **conv_attrs):
+    """A one-Conv ONNX model (same-size output), optionally followed by a Relu."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c" if relu else "y"], **conv_attrs)]
+    nodes += [helper.make_node("Relu", ["c"], ["y"])] if relu else []
+    graph = helper.make_graph(
+        nodes, path.stem, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], [numpy_helper.from_array(weight, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path

@@ -1,5 +1,5 @@
 """The module-wide call rewriter the op-replacing passes share (FastMath, LayerNormRows,
-PackConv2dFp32): each call, visited bottom-up in every Relax function that is not a fused
+PackConv2dFp32, WinogradConv2dFp32), and the count of the calls they would replace: each call, visited bottom-up in every Relax function that is not a fused
 kernel, replaced by what `rewrite(builder, call)` returns (None: left as it is). The
 builder lets a rewrite add kernels (call_te, add_func) to the module."""
 
@@ -25,3 +25,17 @@ def rewrite_calls(mod: IRModule, rewrite: Callable[[relax.BlockBuilder, relax.Ca
         if isinstance(func, relax.Function) and not is_primitive(func):
             rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
     return rewriter.builder_.get()
+
+
+def count_calls(mod: IRModule, matches: Callable[[relax.Expr], bool]) -> int:
+    """How many calls in the module's Relax functions (fused kernels aside) `matches` accepts."""
+    found = []
+
+    def visit(expr):
+        if matches(expr):
+            found.append(expr)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function) and not is_primitive(func):
+            relax.analysis.post_order_visit(func.body, visit)
+    return len(found)

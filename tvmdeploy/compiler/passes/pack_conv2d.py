@@ -25,7 +25,6 @@ from tvm.ir.transform import PassContext, module_pass
 
 from .._tvm import RelaxConstant
 from ..analysis.channels import static_shape
-from ..analysis.layer_calls import is_primitive
 from ..kernels.fp32_packed import (
     CONV_BLOCK,
     conv2d_nhwc_packed,
@@ -34,7 +33,7 @@ from ..kernels.fp32_packed import (
     pad_conv2d_weight,
     padded_channels,
 )
-from .call_rewrite import rewrite_calls
+from .call_rewrite import count_calls, rewrite_calls
 from .carry import carries_errors
 
 CONV2D = Op.get("relax.nn.conv2d")
@@ -60,16 +59,7 @@ def packable_conv2d(call: relax.Call, layouts: tuple[str, str] = ("NHWC", "OHWI"
 
 
 def count_packable(mod: IRModule, layouts: tuple[str, str]) -> int:
-    found = []
-
-    def visit(expr):
-        if packable_conv2d(expr, layouts):
-            found.append(expr)
-
-    for _, func in mod.functions_items():
-        if isinstance(func, relax.Function) and not is_primitive(func):
-            relax.analysis.post_order_visit(func.body, visit)
-    return len(found)
+    return count_calls(mod, lambda expr: packable_conv2d(expr, layouts))
 
 
 @module_pass(opt_level=0, name="PackConv2dFp32")

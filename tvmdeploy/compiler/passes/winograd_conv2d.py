@@ -38,7 +38,7 @@ from ..kernels.fp32_winograd import (
     winograd_input,
     winograd_output,
 )
-from .call_rewrite import rewrite_calls
+from .call_rewrite import count_calls, rewrite_calls
 from .carry import carries_errors
 from .pack_conv2d import packable_conv2d
 
@@ -79,16 +79,7 @@ def winograd_eligible(call: relax.Call, vector_lanes: int) -> bool:
 
 
 def count_winograd(mod: IRModule, vector_lanes: int) -> int:
-    found = []
-
-    def visit(expr):
-        if winograd_eligible(expr, vector_lanes):
-            found.append(expr)
-
-    for _, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func.body, visit)
-    return len(found)
+    return count_calls(mod, lambda expr: winograd_eligible(expr, vector_lanes))
 
 
 @module_pass(opt_level=0, name="WinogradConv2dFp32")
