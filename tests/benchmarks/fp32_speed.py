@@ -352,8 +352,12 @@ def main() -> None:
         compare, tuned = ["onnxruntime"], None
         if tune is not None:
             started = time.perf_counter()
-            tuned = compile_model(path, args.target, output_dir=work / f"{name}-tuned", tune=tune, cache_dir=cache).artifact_dir
-            print(f"{name}: tuned compile {time.perf_counter() - started:.0f} s")
+            result = compile_model(path, args.target, output_dir=work / f"{name}-tuned", tune=tune, cache_dir=cache)
+            tuned, tuning = result.artifact_dir, result.manifest.extra.get("tuning", {})
+            print(
+                f"{name}: tuned compile {time.perf_counter() - started:.0f} s "
+                f"({tuning.get('trials')} trials in {tuning.get('seconds', 0) / 60:.1f} min, stopped by {tuning.get('stopped_by')})"
+            )
             compare.append(str(tuned))
         report = bench_artifact(untuned, compare=tuple(compare), model_path=path, threads=args.threads, repeat=args.repeat)
         print(report.table())

@@ -291,6 +291,7 @@ def test_a_time_budget_alone_tunes_until_the_time_is_spent(tmp_path, capfd):
                          (["tune", "m.onnx", "--time-budget", "60", "--trials", "7"], 7)):
         args = _parser().parse_args(argv)
         assert _budget(args.trials if argv[0] == "tune" else args.tune_trials, args).trials == trials, argv
+    assert _budget(None, _parser().parse_args(["tune", "m.onnx", "--patience", "0"])).patience == 0
     for minutes in (0, -1, float("nan"), float("inf")):  # nan and inf would never end a time-only run
         with pytest.raises(TvmDeployError, match="--time-budget must be a finite number of minutes > 0"):
             TuningBudget(minutes=minutes)
@@ -319,6 +320,38 @@ def test_a_time_budget_ends_early_once_every_kernels_space_is_exhausted(tmp_path
     assert again.manifest.extra["tuning"]["stopped_by"] == "nothing to tune"
     x = np.random.default_rng(1).standard_normal((1, 16, 1, 1)).astype("float32")
     np.testing.assert_allclose(load(again.artifact_dir)(x=x)[0], ort_run(path, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_time_budget_ends_once_every_kernel_has_converged(tmp_path):
+    """A matmul + tanh on 40 columns (not whole vectors: MetaSchedule's generic space,
+    which no search exhausts). Once `patience` of its trials bring no 1 % gain its search
+    ends, instead of the clock being spent on it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Tanh", ["m"], ["y"])], "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [24, 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [24, 40])],
+        [numpy_helper.from_array((rng.standard_normal((96, 40)) / 10).astype("float32"), "w")],
+    )
+    path = tmp_path / "matmul_tanh.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    budget = TuningBudget(minutes=10, patience=16)
+    result = compile_model(path, "host", output_dir=tmp_path / "a", tune=budget, cache_dir=tmp_path / "c")
+    tuning = result.manifest.extra["tuning"]
+    assert tuning["stopped_by"] == "converged", tuning["stopped_by"]
+    assert tuning["budget"]["patience"] == 16 and tuning["trials"] >= 16
+    [task] = tuning["tasks"]
+    assert task["source"] == "tuned" and task["best_ms"] <= task["default_ms"]
+    again = compile_model(path, "host", output_dir=tmp_path / "b", tune=budget, cache_dir=tmp_path / "c")
+    assert again.manifest.extra["tuning"]["stopped_by"] == "nothing to tune"
+    x = rng.standard_normal((24, 96)).astype("float32")
+    np.testing.assert_allclose(load(again.artifact_dir)(x=x)[0], ort_run(path, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    for patience in (-1, 1.5):
+        with pytest.raises(TvmDeployError, match="--patience must be a whole number of trials >= 0"):
+            TuningBudget(minutes=1, patience=patience)
 
 
 def test_winograd_transforms_are_left_to_their_one_schedule(tmp_path):

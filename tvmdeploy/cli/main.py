@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..compiler.quantization.config import ACTIVATIONS, OBSERVERS, SMOOTH_ALPHA
 from ..compiler.quantization.config import SCHEMES as QUANTIZE_SCHEMES
-from ..compiler.tuning.budget import DEFAULT_TRIALS
+from ..compiler.tuning.budget import CONVERGED_AFTER_TRIALS, DEFAULT_TRIALS
 from ..errors import TvmDeployError, interrupt_requested, os_error_line, request_interrupt, summarize_exception
 
 
@@ -231,13 +231,15 @@ def _remote(args):
 def _add_tuning_options(p) -> None:
     p.add_argument("--trials-per-task", type=int, default=None, metavar="N", help="cap on trials per kernel")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES", help="wall-clock cap on tuning")
+    p.add_argument("--patience", type=int, default=CONVERGED_AFTER_TRIALS, metavar="N",
+                   help=f"end a kernel's search after N of its trials without a 1%% gain (default {CONVERGED_AFTER_TRIALS}; 0: never, spend the whole budget)")
     p.add_argument("--cache-dir", help="tuning cache root (default: $TVMDEPLOY_CACHE_DIR or ~/.cache/tvmdeploy)")
 
 
 def _budget(trials: int | None, args):
     from ..compiler.tuning.budget import TuningBudget
 
-    return TuningBudget(trials=trials, trials_per_task=args.trials_per_task, minutes=args.time_budget)
+    return TuningBudget(trials=trials, trials_per_task=args.trials_per_task, minutes=args.time_budget, patience=args.patience)
 
 
 _MAX_DIM = 2**31 - 1  # what the manifest schema and TVM's int32 shape arithmetic allow

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from .._tvm import ms, relax, tvm
 from ...errors import BuildError, TvmDeployError, summarize_exception
 from ..kernels import register_intrinsics
 from ..kernels.select import has_fixed_schedule, space_for_kernel
-from .budget import DEFAULT_TRIALS, TuningBudget  # noqa: F401  (re-exported)
+from .budget import CONVERGED_GAIN, DEFAULT_TRIALS, TuningBudget  # noqa: F401  (DEFAULT_TRIALS re-exported)
 from .cache import TargetCache
 from .progress import Progress, ProgressState
 from .database import load_database, load_database_healing, record_loads  # noqa: F401  (record_loads re-exported)
@@ -67,7 +68,8 @@ class TuningReport:
     tasks_from_cache: int  # tasks whose records were reused (no trials spent on them)
     seconds: float
     budget: dict
-    stopped_by: str  # "nothing to tune", "trial budget", "time budget", "search space exhausted"
+    stopped_by: str  # "nothing to tune", "trial budget", "time budget", "search space exhausted",
+    # "converged" (every kernel's search ended: exhausted, or no 1 % gain in `patience` trials)
     curve: list[tuple[int, float]] = field(default_factory=list)  # (trials, est. latency ms)
 
     @property
@@ -175,6 +177,7 @@ def tune(
         callback = _ProgressCallback(
             [r for _, r, _ in todo], reports, trials, deadline, progress, started,
             merge=lambda: cache.merge(read_database(session)), timed=budget.trials is None,
+            patience=budget.patience,
         )
         progress.message(
             f"tuning {len(todo)} of {len(extracted)} kernels ({from_cache} done before) for "
@@ -200,7 +203,7 @@ def tune(
             # Every measured batch is already merged into the cache and the ledger still
             # says "started", so the next run continues these kernels.
             raise KeyboardInterrupt
-        stopped_by = _stopped_by(deadline, callback.exhausted_tasks, len(todo))
+        stopped_by = _stopped_by(deadline, callback.exhausted_tasks, len(callback.converged_tasks), len(todo))
         if stopped_by != "time budget":  # a run cut short by time continues next time
             cache.update_ledger({shash: {"state": "done", "per_task": per_task} for _, _, shash in todo})
         for _, report, _ in todo:
@@ -318,12 +321,16 @@ def _run_metaschedule(tasks, target, database, trials, per_task, deadline, callb
     disabled = logging.root.manager.disable
     logging.disable(max(disabled, logging.INFO))
     try:
-        for task in tasks:
+        for task_id, task in enumerate(tasks):
+            search = _tvm.DeadlineSearch(
+                _evolutionary_search(per_iter), deadline, callback.submitted, callback.exhausted,
+                functools.partial(callback.converged, task_id),
+            )
             [context], [weight] = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 extracted_tasks=[task],
                 work_dir=str(log_dir),  # MetaSchedule writes its per-task logs under <work_dir>/logs
                 space=space_for_kernel(_kernel_of(task), target),
-                strategy=_tvm.DeadlineSearch(_evolutionary_search(per_iter), deadline, callback.submitted, callback.exhausted),
+                strategy=search,
                 num_threads=cores,
                 seed=0,
             )
@@ -401,10 +408,12 @@ def _kernel_of(task):
     return dispatched["main"] if isinstance(dispatched, tvm.ir.IRModule) else dispatched
 
 
-def _stopped_by(deadline: "_Deadline", exhausted_tasks: int, tasks: int) -> str:
+def _stopped_by(deadline: "_Deadline", exhausted_tasks: int, converged_tasks: int, tasks: int) -> str:
     if deadline.passed():
         return "time budget"
-    return "search space exhausted" if exhausted_tasks >= tasks else "trial budget"
+    if exhausted_tasks + converged_tasks < tasks:
+        return "trial budget"
+    return "converged" if converged_tasks else "search space exhausted"
 
 
 def _evolutionary_search(per_iter: int):
@@ -496,9 +505,10 @@ class _Deadline:
 @tvm.ir.utils.derived_object
 class _ProgressCallback(ms.measure_callback.PyMeasureCallback):
     """After every measured batch: count trials, keep the best per kernel, report
-    progress, and merge the new records into the shared cache."""
+    progress, and merge the new records into the shared cache. Also tells each kernel's
+    search when it has converged (see TuningBudget.patience)."""
 
-    def __init__(self, tuned, all_tasks, budget, deadline, progress, started, merge, timed: bool = False):
+    def __init__(self, tuned, all_tasks, budget, deadline, progress, started, merge, timed: bool = False, patience: int = 0):
         super().__init__()
         self.tuned, self.all_tasks = tuned, all_tasks
         self.budget, self.deadline, self.progress, self.started = budget, deadline, progress, started
@@ -507,6 +517,12 @@ class _ProgressCallback(ms.measure_callback.PyMeasureCallback):
         self.trials = 0
         self.submitted_trials = 0
         self.exhausted_tasks = 0  # tasks whose search found nothing new to measure
+        self.patience = patience
+        self.converged_tasks: set[int] = set()
+        # Per task: the best time at its last gain of CONVERGED_GAIN or more (to begin with,
+        # the best before its first batch: its default or an earlier run's), and trials since.
+        self.gain_best: list[float | None] = [None] * len(tuned)
+        self.since_gain = [0] * len(tuned)
         self.curve: list[tuple[int, float]] = []
 
     def submitted(self, count: int) -> None:
@@ -517,15 +533,31 @@ class _ProgressCallback(ms.measure_callback.PyMeasureCallback):
     def exhausted(self) -> None:
         self.exhausted_tasks += 1
 
+    def converged(self, task_id: int) -> bool:
+        """Asked before each batch of a task: `patience` trials without a gain end it."""
+        if self.patience and self.since_gain[task_id] >= self.patience:
+            self.converged_tasks.add(task_id)
+            return True
+        return False
+
+    def _count_gain(self, task_id: int, ms: float | None) -> None:
+        reference = self.gain_best[task_id]
+        if ms is not None and (reference is None or ms < reference * (1 - CONVERGED_GAIN)):
+            self.gain_best[task_id], self.since_gain[task_id] = ms, 0
+        else:
+            self.since_gain[task_id] += 1
+
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
         report = self.tuned[task_id]
+        if self.gain_best[task_id] is None:
+            self.gain_best[task_id] = report.best_ms
         for built, ran in zip(builder_results, runner_results):
             self.trials += 1
             report.trials += 1
-            if built.error_msg is None and ran.error_msg is None:
-                best = _median_ms(ran.run_secs)
-                if best is not None and (report.best_ms is None or best < report.best_ms):
-                    report.best_ms = best
+            best = _median_ms(ran.run_secs) if built.error_msg is None and ran.error_msg is None else None
+            if best is not None and (report.best_ms is None or best < report.best_ms):
+                report.best_ms = best
+            self._count_gain(task_id, best)
         self.merge()
         state = self.state()
         if state.estimated_ms is not None:
