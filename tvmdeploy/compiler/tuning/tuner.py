@@ -540,10 +540,10 @@ class _ProgressCallback(ms.measure_callback.PyMeasureCallback):
             return True
         return False
 
-    def _count_gain(self, task_id: int, ms: float | None) -> None:
+    def _count_gain(self, task_id: int, latency_ms: float | None) -> None:
         reference = self.gain_best[task_id]
-        if ms is not None and (reference is None or ms < reference * (1 - CONVERGED_GAIN)):
-            self.gain_best[task_id], self.since_gain[task_id] = ms, 0
+        if latency_ms is not None and (reference is None or latency_ms < reference * (1 - CONVERGED_GAIN)):
+            self.gain_best[task_id], self.since_gain[task_id] = latency_ms, 0
         else:
             self.since_gain[task_id] += 1
 
