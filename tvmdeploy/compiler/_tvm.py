@@ -39,6 +39,7 @@ OP_PATTERN_INJECTIVE = 2  # kInjective: fuses into the injective and reducing op
 OP_PATTERN_OUT_ELEMWISE_FUSABLE = 4  # kOutEWiseFusable: a conv's; the elementwise ops after it fuse in
 OP_PATTERN_OPAQUE = 8  # kOpaque: fuses with nothing
 RelaxConstant = tvm.ir.GenericConst  # a Relax constant (was relax.Constant)
+REDUCE_ITER = tirx.IterVar.CommReduce  # a block's reduction axis kind (iter_type)
 METASCHEDULE_LOGGER = "tvm.s_tir.meta_schedule"
 # Set on a PrimFunc once a schedule (tuned or default) has been applied to it.
 _SCHEDULED_ATTR = "tirx.is_scheduled"

@@ -22,7 +22,8 @@ weights move to NHWC (`ConvertLayout`: pooling and elementwise ops follow, trans
 only at the graph's borders) and become our packed kernels (`PackConv2dFp32`), whose
 weights are packed here already (so they are not marked layout-free); 3x3 stride-1 ones
 first become Winograd transforms around a grouped 1x1 conv (`WinogradConv2dFp32`), which
-is then packed like any other.
+is then packed like any other. Float32 matmuls by a constant weight become the packed
+dense kernel, the same micro-kernel over the rows (`PackDenseFp32`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .passes.channel_shuffle import ChannelShuffleNHWC
 from .passes.fast_math import FastMath
 from .passes.layer_norm_rows import LayerNormRows
 from .passes.pack_conv2d import PackConv2dFp32, count_packable
+from .passes.pack_dense import PackDenseFp32, count_packable_dense
 from .passes.sink_channel_take import SinkChannelTake, legalize_channel_gather
 from .passes.winograd_conv2d import WinogradConv2dFp32, count_winograd
 from ..errors import BuildError
@@ -65,29 +67,40 @@ def lower(mod: tvm.ir.IRModule, target: tvm.target.Target | None = None) -> tupl
     """The graph as fused kernels for `target` (None: generic kernels, no packed
     layouts), and the report naming the passes run."""
     ran = PassLog()
-    mod, packed, winograd = pack_for_target(mod, target, ran)
+    mod, packed, winograd, dense = pack_for_target(mod, target, ran)
     if target is not None and target.kind.name == "llvm":
         # Vectorizable exp/erf/tanh/softmax (passes/fast_math.py), LayerNorm as a row kernel.
         mod = ran.run_all((FastMath, LayerNormRows), mod, "lowering")
     mod = ran.run_all(LOWERING_PASSES, mod, "lowering")
     mod = _only_constants_layout_free(mod)
     kernels = sum(1 for _, func in mod.functions_items() if isinstance(func, _tvm.PrimFunc))
-    return mod, LoweringReport(passes=list(ran), kernels=kernels, packed_conv2d=packed, winograd_conv2d=winograd)
+    return mod, LoweringReport(passes=list(ran), kernels=kernels, packed_conv2d=packed, winograd_conv2d=winograd, packed_dense=dense
+    )
 
 
 def lower_for_tuning(mod: tvm.ir.IRModule, target: tvm.target.Target | None = None) -> tvm.ir.IRModule:
     return lower(mod, target)[0]
 
 
-def pack_for_target(mod: tvm.ir.IRModule, target, ran: PassLog) -> tuple[tvm.ir.IRModule, int, int]:
-    """float32 convolutions with constant weights -> NHWC packed kernels, on CPU targets,
-    3x3 ones through Winograd; returns the module, how many convolutions were packed and
-    how many of them run as Winograd."""
-    if target is None or target.kind.name != "llvm" or not count_packable(mod, ("NCHW", "OIHW")) + count_packable(
-        mod, ("NHWC", "OHWI")
-    ):
-        return mod, 0, 0
+def pack_for_target(mod: tvm.ir.IRModule, target, ran: PassLog) -> tuple[tvm.ir.IRModule, int, int, int]:
+    """float32 convolutions and matmuls with constant weights -> packed kernels, on CPU
+    targets; returns the module and how many convolutions were packed, how many of them
+    run as Winograd, and how many matmuls were packed."""
+    if target is None or target.kind.name != "llvm":
+        return mod, 0, 0, 0
     lanes, _ = target_vector_shape(target)
+    mod, packed, winograd = _pack_convs(mod, lanes, ran)
+    dense = count_packable_dense(mod)
+    if dense:
+        mod = ran.run_all((lambda: PackDenseFp32(lanes),), mod, "lowering")
+    return mod, packed, winograd, dense
+
+
+def _pack_convs(mod: tvm.ir.IRModule, lanes: int, ran: PassLog) -> tuple[tvm.ir.IRModule, int, int]:
+    """float32 convolutions with constant weights -> NHWC packed kernels, 3x3 ones through
+    Winograd; returns the module, how many were packed and how many run as Winograd."""
+    if not count_packable(mod, ("NCHW", "OIHW")) + count_packable(mod, ("NHWC", "OHWI")):
+        return mod, 0, 0
     layout = (
         lambda: relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
         relax.transform.FoldConstant,  # the weights' OIHW -> OHWI transposes

@@ -142,6 +142,7 @@ class LoweringReport(StageReport):
     kernels: int = 0  # fused TIR kernels after lowering
     packed_conv2d: int = 0  # float32 convolutions on the packed NHWC kernels (kernels/fp32_packed.py)
     winograd_conv2d: int = 0  # of those, 3x3 ones run as Winograd F(4x4, 3x3) (kernels/fp32_winograd.py)
+    packed_dense: int = 0  # float32 matmuls by constant weights on the packed dense kernel
 
 
 @dataclass

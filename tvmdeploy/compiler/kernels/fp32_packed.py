@@ -15,6 +15,11 @@ convolution reads whole channel vectors). L is the target's fp32 vector width (1
 AVX-512, 8 on AVX2, 4 on NEON); RW and V come from the register count, so the untuned default is a
 real schedule (both in kernels/fp32_schedule.py).
 
+A dense layer (matmul by a constant [K, N] weight) is the 1x1 convolution over its rows:
+activations [..., M, K] (channels innermost already), the weight packed [N/L, 1, 1, K, L]
+(the issue's [N/L, K, L], with the 1x1 kernel's unit axes kept so the schedule reads
+both kinds alike) and output [..., M, N]; the same RW rows x V vectors micro-kernel.
+
 A depthwise convolution is the same compute with one input channel per group: its
 input index is the output channel itself, so the RW x V tile reads channel vectors.
 Output channel counts that are not a multiple of L are padded per group to one (zero
@@ -31,6 +36,7 @@ from .._tvm import te, tirx, topi
 
 BLOCK_NAME = "fp32_packed"  # in the kernels' block names: how the scheduler recognizes them
 CONV_BLOCK = f"conv2d_{BLOCK_NAME}"
+DENSE_BLOCK = f"dense_{BLOCK_NAME}"
 
 
 def lanes_for(channels_per_group: int, vector_lanes: int) -> int:
@@ -122,5 +128,27 @@ def conv2d_nhwc_packed(x_shape, packed_shape, out_channels: int, groups: int, st
             axis=[rh, rw, rc],
         ),
         name=CONV_BLOCK,
+    )
+    return te.create_prim_func([data, packed, out])
+
+
+def pack_dense_weight(w_kn: np.ndarray, lanes: int) -> np.ndarray:
+    """[K, N] -> [N/L, 1, 1, K, L]: a dense weight as the packed weight of a 1x1 conv."""
+    k, n = w_kn.shape
+    return pack_conv2d_weight(np.ascontiguousarray(w_kn.T).reshape(n, 1, 1, k), lanes)
+
+
+def dense_packed(x_shape, packed_shape, dtype="float32"):
+    """A PrimFunc (x [..., M, K], packed weight) -> [..., M, N] with N = the packed
+    weight's columns (N/L x L; the caller slices off padding)."""
+    blocks, _, _, k, lanes = packed_shape
+    data = te.placeholder(_i64(x_shape), dtype, name="x")
+    packed = te.placeholder(_i64(packed_shape), dtype, name="w")
+    rk = te.reduce_axis((0, k), "rk")
+    zero = tirx.IntImm("int64", 0)
+    out = te.compute(
+        _i64((*x_shape[:-1], blocks * lanes)),
+        lambda *i: te.sum(data[(*i[:-1], rk)] * packed[i[-1] // lanes, zero, zero, rk, i[-1] % lanes], axis=[rk]),
+        name=DENSE_BLOCK,
     )
     return te.create_prim_func([data, packed, out])

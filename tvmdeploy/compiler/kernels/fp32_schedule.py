@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .. import _tvm
 from .._tvm import tvm
-from .fp32_packed import BLOCK_NAME, CONV_BLOCK
+from .fp32_packed import BLOCK_NAME, CONV_BLOCK, DENSE_BLOCK
 
 # A padded copy smaller than this is made by the calling thread alone: a parallel pass of
 # its own wakes the pool's sleeping workers once more per conv (then again for the conv).
@@ -94,30 +94,35 @@ class NotPackedConv(Exception):
 
 def find_conv_block(sch):
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    convs = [b for b in blocks if sch.get(b).name_hint.startswith(CONV_BLOCK)]
+    convs = [b for b in blocks if sch.get(b).name_hint.startswith((CONV_BLOCK, DENSE_BLOCK))]
     if len(convs) != 1:
         raise NotPackedConv(f"{len(convs)} packed conv blocks")
     return blocks, convs[0]
 
 
 def conv_geometry(sch, conv) -> tuple[int, int, int]:
-    """(output width, output channels, lanes) of the packed conv block."""
+    """(output width, output channels, lanes) of the packed conv block (a dense block's
+    output rows are its width)."""
     block = sch.get(conv)
     out = block.writes[0].source
-    weight = conv_operand(block, 5)
-    return int(out.shape[2]), int(out.shape[3]), int(weight.shape[4])
+    weight = packed_weight(block)
+    return int(out.shape[-2]), int(out.shape[-1]), int(weight.shape[4])
 
 
-def conv_operand(block, rank: int):
-    """The packed conv block's operand of this rank: the (padded) NHWC input (4) or the
-    packed weight (5)."""
-    return next(r.source for r in block.reads if len(r.source.shape) == rank)
+def packed_weight(block):
+    """The packed block's weight: its one rank-5 operand."""
+    return next(r.source for r in block.reads if len(r.source.shape) == 5)
+
+
+def activations(block):
+    """The packed block's other operand: the (padded) NHWC input of a conv, the [..., M, K]
+    rows of a dense."""
+    return next(r.source for r in block.reads if len(r.source.shape) != 5)
 
 
 def channels_per_group(sch, conv) -> int:
     """Input channels each output channel reduces over (1: depthwise)."""
-    weight = conv_operand(sch.get(conv), 5)
-    return int(weight.shape[3])
+    return int(packed_weight(sch.get(conv)).shape[3])
 
 
 def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
@@ -145,14 +150,14 @@ def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
         sch.compute_inline(block)  # epilogue steps between the conv and the output
     if name(last) == name(conv):
         last = sch.cache_write(conv, 0, "global")  # the conv accumulates locally, a copy writes out
-    n, oh, ow, oc = sch.get_loops(last)
+    *images, ow, oc = sch.get_loops(last)  # n, oh of a conv; a dense's leading axes
     ocb, lane = sch.split(oc, [None, lanes])
     # Tuning samples the tile (None): divisors of the width and of the channel blocks.
     columns = sch.sample_perfect_tile(ow, 2, MAX_COLUMNS) if tile.columns is None else [None, tile.columns]
     vectors = sch.sample_perfect_tile(ocb, 2, MAX_VECTORS) if tile.vectors is None else [None, tile.vectors]
     owo, owi = sch.split(ow, columns)
     oco, ocv = sch.split(ocb, vectors)
-    outer = [oco, n, oh, owo] if tile.channels_outer else [n, oh, owo, oco]
+    outer = [oco, *images, owo] if tile.channels_outer else [*images, owo, oco]
     sch.reorder(*outer, owi, ocv, lane)
     tile_loop = sch.fuse(*outer)
     if threads > 1:
@@ -162,13 +167,15 @@ def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
     sch.vectorize(lane)
     sch.compute_at(conv, tile_loop, preserve_unit_loops=True)
     sch.set_scope(conv, 0, "local")
-    b0, b1, b2, b3, r0, r1, r2 = sch.get_loops(conv)[-7:]
+    loops = sch.get_loops(conv)
+    reductions = loops[-reduction_count(sch, conv) :]  # KH, KW, IC/groups of a conv; K of a dense
+    b2, b3 = loops[-len(reductions) - 2 : -len(reductions)]
     cv, cl = sch.split(b3, [None, lanes])
-    sch.reorder(r0, r1, r2, b2, cv, cl)
+    sch.reorder(*reductions, b2, cv, cl)
     sch.unroll(b2)
     sch.unroll(cv)
     sch.vectorize(cl)
-    init = sch.decompose_reduction(conv, r0)
+    init = sch.decompose_reduction(conv, reductions[0])
     _, _, init_lane = sch.get_loops(init)[-3:]
     if sch.get(init_lane).kind != sch.get(cl).kind:
         sch.vectorize(init_lane)
@@ -185,6 +192,10 @@ def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
         if threads > 1 and _tvm.buffer_bytes(sch.get(pad).writes[0].source) >= PARALLEL_PAD_BYTES:
             sch.parallel(sch.fuse(loops[0], loops[1]))
         sch.vectorize(loops[-1])
+
+
+def reduction_count(sch, block) -> int:
+    return sum(1 for v in sch.get(block).iter_vars if v.iter_type == _tvm.REDUCE_ITER)
 
 
 def packed_conv2d_schedule(func, vector: tuple[int, int], threads: int):
@@ -240,9 +251,9 @@ def column_bytes(sch, conv) -> int:
     column stride times a pixel's channels (NHWC). The stride is read off the shapes, the
     (padded) input width against the output width and the kernel width."""
     block = sch.get(conv)
-    data, weight = conv_operand(block, 4), conv_operand(block, 5)
-    out_width = int(block.writes[0].source.shape[2])
-    in_width, channels, kernel_width = int(data.shape[2]), int(data.shape[3]), int(weight.shape[2])
+    data, weight = activations(block), packed_weight(block)
+    out_width = int(block.writes[0].source.shape[-2])
+    in_width, channels, kernel_width = int(data.shape[-2]), int(data.shape[-1]), int(weight.shape[2])
     stride = (in_width - kernel_width) // (out_width - 1) if out_width > 1 else 1
     return max(stride, 1) * channels * data.dtype.bits // 8
 
@@ -251,5 +262,5 @@ def operand_bytes(sch, conv) -> tuple[int, int]:
     block = sch.get(conv)
     sizes = [(len(region.source.shape), _tvm.buffer_bytes(region.source)) for region in block.reads]
     weight = sum(n for rank, n in sizes if rank == 5)
-    data = sum(n for rank, n in sizes if rank == 4)
+    data = sum(n for rank, n in sizes if rank != 5)
     return weight, data
