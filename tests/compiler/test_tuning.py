@@ -323,8 +323,8 @@ def test_a_time_budget_ends_early_once_every_kernels_space_is_exhausted(tmp_path
 
 
 def test_a_time_budget_ends_once_every_kernel_has_converged(tmp_path):
-    """A matmul + tanh on 40 columns (not whole vectors: MetaSchedule's generic space,
-    which no search exhausts). Once `patience` of its trials bring no 1 % gain its search
+    """A matmul + tanh by a constant weight per batch (no packed kernel takes it:
+    MetaSchedule's generic space, which no search exhausts), onto 40 columns. Once `patience` of its trials bring no 1 % gain its search
     ends, instead of the clock being spent on it."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -332,9 +332,9 @@ def test_a_time_budget_ends_once_every_kernel_has_converged(tmp_path):
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Tanh", ["m"], ["y"])], "mm",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [24, 96])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [24, 40])],
-        [numpy_helper.from_array((rng.standard_normal((96, 40)) / 10).astype("float32"), "w")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 24, 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 24, 40])],
+        [numpy_helper.from_array((rng.standard_normal((2, 96, 40)) / 10).astype("float32"), "w")],
     )
     path = tmp_path / "matmul_tanh.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
@@ -347,7 +347,7 @@ def test_a_time_budget_ends_once_every_kernel_has_converged(tmp_path):
     assert task["source"] == "tuned" and task["best_ms"] <= task["default_ms"]
     again = compile_model(path, "host", output_dir=tmp_path / "b", tune=budget, cache_dir=tmp_path / "c")
     assert again.manifest.extra["tuning"]["stopped_by"] == "nothing to tune"
-    x = rng.standard_normal((24, 96)).astype("float32")
+    x = rng.standard_normal((2, 24, 96)).astype("float32")
     np.testing.assert_allclose(load(again.artifact_dir)(x=x)[0], ort_run(path, {"x": x})[0], rtol=1e-5, atol=1e-5)
     for patience in (-1, 1.5):
         with pytest.raises(TvmDeployError, match="--patience must be a whole number of trials >= 0"):

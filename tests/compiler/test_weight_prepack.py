@@ -63,13 +63,32 @@ def test_default_schedules_repack_weights_at_compile_time():
     assert "layout_rewrite" not in folded["main"].script()
 
 
+def _batched_weight_model(path):
+    """x [2, 5, 24] @ W [2, 24, 32] + b: a constant weight per batch, which no packed
+    kernel takes (convolutions and 2-D weights have their own), so RewriteLayout packs it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("w", (2, 24, 32)), ("b", (32,)))]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])], "batched",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 24])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 32])], weights,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 def test_prepacked_artifact_matches_onnxruntime_and_lists_the_passes(tmp_path):
-    result = compile_model(CONV, "host", output_dir=tmp_path / "a", cache_dir=tmp_path / "c")
+    model = _batched_weight_model(tmp_path / "batched.onnx")
+    result = compile_model(model, "host", output_dir=tmp_path / "a", cache_dir=tmp_path / "c")
     passes = result.manifest.passes
     assert "AttachAttrLayoutFreeBuffers" in passes
     assert passes.index("SplitLayoutRewritePreproc") > passes.index("DefaultCPUSchedules")
-    x = np.random.default_rng(7).standard_normal((2, 3, 32, 32)).astype(np.float32)[:1]
-    np.testing.assert_allclose(load(result.artifact_dir)(x)[0], ort_run(CONV, {"image": x})[0], rtol=1e-3, atol=1e-4)
+    x = np.random.default_rng(7).standard_normal((2, 5, 24)).astype(np.float32)
+    np.testing.assert_allclose(load(result.artifact_dir)(x)[0], ort_run(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
 
 
 def _write_record(cache, func, target):
