@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from conftest import MODELS, ort_run
 from tvmdeploy import compile_model
 from tvmdeploy.errors import TvmDeployError
 from tvmdeploy.runtime import load
-from tvmdeploy.compiler.tuning.cache import CACHE_LAYOUT_VERSION, TargetCache, import_records
+from tvmdeploy.compiler.tuning.cache import CACHE_LAYOUT_VERSION, TargetCache, import_records, ledger_says_done
 from tvmdeploy.compiler.tuning.records import RECORD_FILE, WORKLOAD_FILE, read_database
 from tvmdeploy.compiler.tuning.tuner import TuningBudget
 
@@ -347,11 +348,25 @@ def test_a_time_budget_ends_once_every_kernel_has_converged(tmp_path):
     assert task["source"] == "tuned" and task["best_ms"] <= task["default_ms"]
     again = compile_model(path, "host", output_dir=tmp_path / "b", tune=budget, cache_dir=tmp_path / "c")
     assert again.manifest.extra["tuning"]["stopped_by"] == "nothing to tune"
+    # The ledger keeps the patience it converged under: a run asking more tunes it on.
+    [entry] = json.loads((Path(tuning["cache_folder"]) / "ledger.json").read_text()).values()
+    assert entry["converged_patience"] == 16
+    per_task = entry["per_task"]
+    assert ledger_says_done(entry, per_task, 16) and ledger_says_done(entry, per_task, 8)
+    assert not ledger_says_done(entry, per_task, 64) and not ledger_says_done(entry, per_task, 0)
     x = rng.standard_normal((2, 24, 96)).astype("float32")
     np.testing.assert_allclose(load(again.artifact_dir)(x=x)[0], ort_run(path, {"x": x})[0], rtol=1e-5, atol=1e-5)
     for patience in (-1, 1.5):
         with pytest.raises(TvmDeployError, match="--patience must be a whole number of trials >= 0"):
             TuningBudget(minutes=1, patience=patience)
+
+
+@pytest.mark.parametrize("entry", [["done"], {"state": "done", "per_task": "64"}, {"state": "started", "per_task": 64},
+                                   {"state": "done", "per_task": 64, "converged_patience": "128"}, None])
+def test_a_ledger_entry_that_is_not_a_finished_run_is_tuned_again(entry):
+    """The ledger is read from disk like any file: an entry of the wrong shape means 'tune it'."""
+    assert not ledger_says_done(entry, 64, 128)
+    assert ledger_says_done({"state": "done", "per_task": 64}, 64, 0)  # exhausted or full budget: done
 
 
 def test_winograd_transforms_are_left_to_their_one_schedule(tmp_path):

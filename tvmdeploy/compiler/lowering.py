@@ -19,7 +19,8 @@ library) stay unmarked: repacking them would cost a kernel call on every inferen
 
 Before all that, on CPU targets (`pack_for_target`): float32 convolutions with constant
 weights move to NHWC (`ConvertLayout`: pooling and elementwise ops follow, transposes
-only at the graph's borders) and become our packed kernels (`PackConv2dFp32`), whose
+only at the graph's borders; a conv of a channel concatenation becomes the sum of convs of
+its parts, `SplitConvOverConcat`) and become our packed kernels (`PackConv2dFp32`), whose
 weights are packed here already (so they are not marked layout-free); 3x3 stride-1 ones
 first become Winograd transforms around a grouped 1x1 conv (`WinogradConv2dFp32`), which
 is then packed like any other. Float32 matmuls by a constant weight become the packed
@@ -37,6 +38,7 @@ from .passes.fast_math import FastMath
 from .passes.layer_norm_rows import LayerNormRows
 from .passes.pack_conv2d import PackConv2dFp32, count_packable
 from .passes.pack_dense import PackDenseFp32, count_packable_dense
+from .passes.split_conv_over_concat import SplitConvOverConcat
 from .passes.sink_channel_take import SinkChannelTake, legalize_channel_gather
 from .passes.winograd_conv2d import WinogradConv2dFp32, count_winograd
 from ..errors import BuildError
@@ -105,6 +107,7 @@ def _pack_convs(mod: tvm.ir.IRModule, lanes: int, ran: PassLog) -> tuple[tvm.ir.
         lambda: relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
         relax.transform.FoldConstant,  # the weights' OIHW -> OHWI transposes
         ChannelShuffleNHWC,  # a shuffle ConvertLayout left in NCHW
+        SplitConvOverConcat,  # convs of channel concatenations: sums of convs of the parts
     )
     trial = PassLog()
     try:

@@ -8,7 +8,8 @@ names everything a record depends on:
         target.json                   the resolved target, for humans and `tuning export`
         database_workload.json        \\ the shared database: only replaced whole,
         database_tuning_record.json   / under the lock
-        ledger.json                   per kernel: tuning "started" or "done", and its budget
+        ledger.json                   per kernel: tuning "started" or "done", its budget, and
+                                      the patience it converged under (if it did)
         lock                          fcntl lock file
         sessions/<pid>-<rand>/        one private database per running tuning process
 
@@ -17,7 +18,8 @@ records) and merges new records into the shared files under the lock after every
 measured batch. A killed process leaves its session behind; the next one merges it.
 
 The ledger tells a kernel whose tuning finished (skip it: zero new trials) from one
-whose run was killed (continue it). Kernels with records but no ledger entry came from
+whose run was killed (continue it), and one that converged under less patience than a
+run now asks (continue it too). Kernels with records but no ledger entry came from
 `tuning import` and count as done.
 """
 
@@ -282,3 +284,27 @@ def _is_workload_line(line) -> bool:
     except ValueError:
         return False
     return isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
+
+
+def done_entry(per_task: int, converged_patience: int | None) -> dict[str, Any]:
+    """The ledger entry of a kernel whose tuning finished; a kernel that converged records
+    the patience it converged under (a later run asking more patience tunes it on)."""
+    entry: dict[str, Any] = {"state": "done", "per_task": per_task}
+    if converged_patience is not None:
+        entry["converged_patience"] = converged_patience
+    return entry
+
+
+def ledger_says_done(entry: Any, per_task: int, patience: int) -> bool:
+    """Whether a kernel's ledger entry (None: no entry; the file is not trusted) says its
+    tuning finished under a budget at least this one: as many trials per kernel and, if
+    its search ended by converging, at least this patience (0: never end by converging)."""
+    if not isinstance(entry, dict) or entry.get("state") != "done":
+        return False
+    done_trials = entry.get("per_task", 0)
+    if not isinstance(done_trials, int) or done_trials < per_task:
+        return False
+    if "converged_patience" not in entry:  # exhausted space or full trial budget
+        return True
+    converged_at = entry["converged_patience"]
+    return isinstance(converged_at, int) and patience != 0 and patience <= converged_at

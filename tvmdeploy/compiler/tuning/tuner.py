@@ -31,7 +31,7 @@ from ...errors import BuildError, TvmDeployError, summarize_exception
 from ..kernels import register_intrinsics
 from ..kernels.select import has_fixed_schedule, space_for_kernel
 from .budget import CONVERGED_GAIN, DEFAULT_TRIALS, TuningBudget  # noqa: F401  (DEFAULT_TRIALS re-exported)
-from .cache import TargetCache
+from .cache import TargetCache, done_entry, ledger_says_done
 from .progress import Progress, ProgressState
 from .database import load_database, load_database_healing, record_loads  # noqa: F401  (record_loads re-exported)
 from .records import read_database
@@ -158,10 +158,7 @@ def tune(
             if report.flops == 0 or has_fixed_schedule(_kernel_of(task)):
                 report.source = "default"
                 continue
-            done = (entry is None and record is not None) or (
-                entry is not None and entry.get("state") == "done" and entry.get("per_task", 0) >= per_task
-            )
-            if done:
+            if (entry is None and record is not None) or ledger_says_done(entry, per_task, budget.patience):
                 report.source = "cache"
             else:
                 todo.append((task, report, shash))
@@ -205,7 +202,10 @@ def tune(
             raise KeyboardInterrupt
         stopped_by = _stopped_by(deadline, callback.exhausted_tasks, len(callback.converged_tasks), len(todo))
         if stopped_by != "time budget":  # a run cut short by time continues next time
-            cache.update_ledger({shash: {"state": "done", "per_task": per_task} for _, _, shash in todo})
+            cache.update_ledger({
+                shash: done_entry(per_task, budget.patience if i in callback.converged_tasks else None)
+                for i, (_, _, shash) in enumerate(todo)
+            })
         for _, report, _ in todo:
             if report.best_ms is not None:
                 # No trial reached it this run: its default (measured just now) or an
