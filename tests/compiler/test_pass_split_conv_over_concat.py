@@ -16,7 +16,8 @@ from tvmdeploy.runtime import load
 
 rng = np.random.default_rng(0)
 SHAPE = (1, 8, 8, 4)
-W = rng.standard_normal((16, 1, 1, 12)).astype("float32")  # OHWI over 4 + 8 channels
+W = rng.standard_normal((8, 1, 1, 12)).astype("float32")  # OHWI over 4 + 8 channels
+WIDE = rng.standard_normal((16, 1, 1, 12)).astype("float32")  # more channels out than in
 EXPAND = rng.standard_normal((8, 1, 1, 4)).astype("float32")  # the 8 channels
 
 
@@ -64,13 +65,15 @@ def test_pooling_moves_before_the_concatenation_then_the_conv_splits():
     verify_pass(SplitConvOverConcat(), _module(before), _module(expected))
 
 
-@pytest.mark.parametrize("case", ["concat-read-twice", "grouped-conv", "not-the-channel-axis"])
+@pytest.mark.parametrize("case", ["concat-read-twice", "grouped-conv", "not-the-channel-axis", "output-wider-than-input"])
 def test_concatenations_it_cannot_split_are_left_alone(case):
     def body(bb, a, b):
         if case == "not-the-channel-axis":  # two images side by side
             cat = bb.emit(relax.op.concat([a, bb.emit(relax.op.nn.relu(a))], axis=2))
             return _conv(cat, W[..., :4].copy())
         cat = bb.emit(relax.op.concat([a, b], axis=3))
+        if case == "output-wider-than-input":  # SqueezeNet's classifier: 512 channels in, 1000 out
+            return _conv(cat, WIDE)
         if case == "grouped-conv":
             return _conv(cat, rng.standard_normal((12, 1, 1, 4)).astype("float32"), groups=3)
         return relax.op.add(bb.emit(_conv(cat, W)), relax.op.sum(cat, axis=[3], keepdims=True))

@@ -44,6 +44,7 @@ def packable_dense(call: relax.Expr) -> bool:
         and shape is not None
         and len(shape) >= 2
         and static_shape(call) is not None
+        and min(*shape, *weight.value.shape) > 0  # an empty tensor: nothing to compute
     )
 
 

@@ -15,7 +15,11 @@ with the concatenation:
 The additions fuse into the last conv's kernel as a residual add does (its bias and
 activation after them), so only the squeeze conv's narrow outputs are written in
 between. Only NHWC, ungrouped convs with a constant OHWI weight and concatenations that
-feed nothing else are rewritten (another reader would still need the whole tensor).
+feed nothing else are rewritten (another reader would still need the whole tensor), and
+only convs whose output is narrower than their input: each extra part writes and reads
+back one more output, against the concatenation's one write and read of the input.
+SqueezeNet's 1000-class conv over 512 channels ran 1.34 ms split against 1.07 ms whole
+(Xeon, 2 threads); its squeeze convs (16-64 channels out of 128-512) gain.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def channel_parts(concat: relax.Expr) -> list[relax.Expr] | None:
     parts = concat.args[0]
     if shape is None or len(shape) != 4 or not isinstance(parts, relax.Tuple) or len(parts.fields) < 2:
         return None
-    if int(concat.attrs.axis) not in (3, -1) or any(static_shape(p) is None for p in parts.fields):
+    if int(concat.attrs.axis) not in (3, -1) or any(static_shape(p) is None or 0 in static_shape(p) for p in parts.fields):
         return None
     return list(parts.fields)
 
@@ -83,6 +87,8 @@ def _split_conv(conv: relax.Call, parts: list[relax.Expr], weight: np.ndarray | 
     layouts = (str(a.data_layout), str(a.kernel_layout), str(a.out_layout) or str(a.data_layout))
     if weight is None or layouts != ("NHWC", "OHWI", "NHWC") or int(a.groups) != 1:
         return conv
+    if weight.shape[0] * (len(parts) - 1) > weight.shape[3]:
+        return conv  # the partial outputs would cost more traffic than the concatenation
     total, out = 0, None
     for part in parts:
         channels = static_shape(part)[3]
