@@ -1,6 +1,7 @@
-"""The register-blocked schedule of the packed fp32 conv kernels (kernels/fp32_packed.py):
-the untuned default (tile from the target's registers) and the small space tuning
-searches around the same micro-kernel.
+"""The register-blocked schedule of the packed fp32 conv and dense kernels
+(kernels/fp32_packed.py): the untuned default (tile from the target's registers) and the
+small space tuning searches around the same micro-kernel. A dense kernel is scheduled as
+the 1x1 conv it is: its rows are the output columns, its leading axes the image axes.
 
     output tile      RW output columns x V vectors of L channels, kept in registers
                      (RW x V + V + 1 <= vector registers: V weight vectors and one
@@ -199,7 +200,7 @@ def reduction_count(sch, block) -> int:
 
 
 def packed_conv2d_schedule(func, vector: tuple[int, int], threads: int):
-    """The default Schedule of a kernel holding a packed fp32 conv (None: it holds none,
+    """The default Schedule of a kernel holding a packed fp32 conv or dense (None: it holds none,
     or the schedule cannot place one of its blocks; the generic default serves then).
     vector: (fp32 lanes, vector registers) of the target."""
     if BLOCK_NAME not in func.script(show_meta=False):
