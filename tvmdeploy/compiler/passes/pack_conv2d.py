@@ -33,7 +33,7 @@ from ..kernels.fp32_packed import (
     pad_conv2d_weight,
     padded_channels,
 )
-from .call_rewrite import count_calls, rewrite_calls
+from .call_rewrite import add_kernel, count_calls, rewrite_calls
 from .carry import carries_errors
 
 CONV2D = Op.get("relax.nn.conv2d")
@@ -90,9 +90,7 @@ def packed_call(builder: relax.BlockBuilder, call: relax.Call, vector_lanes: int
         static_shape(data), packed.shape, w.shape[0], groups, [int(v) for v in a.strides],
         [int(p) for p in a.padding], [int(v) for v in a.dilation],
     )
-    gv = builder.add_func(kernel, CONV_BLOCK)
-    # te.create_prim_func names every kernel "main": one left unfused keeps its own symbol.
-    builder.update_func(gv, kernel.with_attr("global_symbol", gv.name_hint))
+    gv = add_kernel(builder, kernel, CONV_BLOCK)
     computed = [*out_shape[:3], w.shape[0]]
     result = relax.call_tir(gv, relax.Tuple([data, relax.const(packed)]), relax.TensorType(computed, "float32"))
     if w.shape[0] == out_channels:

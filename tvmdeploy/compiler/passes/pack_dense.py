@@ -23,7 +23,7 @@ from tvm.ir.transform import PassContext, module_pass
 from .._tvm import RelaxConstant
 from ..analysis.channels import static_shape
 from ..kernels.fp32_packed import DENSE_BLOCK, conv_lanes, dense_packed, pack_dense_weight, padded_channels
-from .call_rewrite import count_calls, rewrite_calls
+from .call_rewrite import add_kernel, count_calls, rewrite_calls
 from .carry import carries_errors
 
 MATMUL = Op.get("relax.matmul")
@@ -76,9 +76,7 @@ def packed_dense_call(builder: relax.BlockBuilder, call: relax.Call, vector_lane
     packed = pack_dense_weight(w, conv_lanes(computed, 1, vector_lanes))
     x_shape = static_shape(data)
     kernel = dense_packed(x_shape, packed.shape)
-    gv = builder.add_func(kernel, DENSE_BLOCK)
-    # te.create_prim_func names every kernel "main": one left unfused keeps its own symbol.
-    builder.update_func(gv, kernel.with_attr("global_symbol", gv.name_hint))
+    gv = add_kernel(builder, kernel, DENSE_BLOCK)
     out_shape = [*x_shape[:-1], computed]
     result = relax.call_tir(gv, relax.Tuple([data, relax.const(packed)]), relax.TensorType(out_shape, "float32"))
     if computed == columns:

@@ -38,7 +38,7 @@ from ..kernels.fp32_winograd import (
     winograd_input,
     winograd_output,
 )
-from .call_rewrite import count_calls, rewrite_calls
+from .call_rewrite import add_kernel, count_calls, rewrite_calls
 from .carry import carries_errors
 from .pack_conv2d import packable_conv2d
 
@@ -97,11 +97,7 @@ class WinogradConv2dFp32:
 
 
 def _add_kernel(builder: relax.BlockBuilder, func, name: str, op_pattern: int):
-    func = func.with_attr("op_pattern", op_pattern)
-    gv = builder.add_func(func, name)
-    # te.create_prim_func names every kernel "main": each keeps a symbol of its own.
-    builder.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
-    return gv
+    return add_kernel(builder, func.with_attr("op_pattern", op_pattern), name)
 
 
 def winograd_call(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
