@@ -48,6 +48,11 @@ class HostInputs:
     def _staged(self):
         staged = getattr(self._local, "staged", None)
         if staged is None:
+            if any(0 in shape for shape, _ in self._specs):
+                # numpy gives a zero-size view non-compact strides ((3, 0): (4, 4)); where
+                # DLPack takes it (its data happened to be aligned) the library rejects it.
+                self.enabled = False
+                return None
             try:
                 buffers = [aligned_empty(shape, dtype) for shape, dtype in self._specs]
                 staged = (buffers, [self._tvm.runtime.from_dlpack(b) for b in buffers])
