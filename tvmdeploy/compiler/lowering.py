@@ -76,7 +76,8 @@ def lower(mod: tvm.ir.IRModule, target: tvm.target.Target | None = None) -> tupl
     mod = ran.run_all(LOWERING_PASSES, mod, "lowering")
     mod = _only_constants_layout_free(mod)
     kernels = sum(1 for _, func in mod.functions_items() if isinstance(func, _tvm.PrimFunc))
-    return mod, LoweringReport(passes=list(ran), kernels=kernels, packed_conv2d=packed, winograd_conv2d=winograd, packed_dense=dense
+    return mod, LoweringReport(
+        passes=list(ran), kernels=kernels, packed_conv2d=packed, winograd_conv2d=winograd, packed_dense=dense
     )
 
 
