@@ -14,7 +14,7 @@ from tvm import relax
 
 from tvmdeploy import compile_model
 from tvmdeploy.compiler import _tvm
-from tvmdeploy.compiler.kernels.fp32_packed import DENSE_BLOCK, dense_packed, pack_dense_weight
+from tvmdeploy.compiler.kernels.fp32_packed import DENSE_BLOCK, dense_packed, lanes_for, pack_dense_weight
 from tvmdeploy.compiler.kernels.fp32_schedule import packed_conv2d_schedule
 from tvmdeploy.compiler.kernels.select import target_vector_shape
 from tvmdeploy.compiler.passes.pack_dense import PackDenseFp32
@@ -104,8 +104,7 @@ def _preset_target(name):
 def _scheduled_dense(x_shape, columns, vector, threads):
     x = rng.standard_normal(x_shape).astype(np.float32)
     weight = rng.standard_normal((x_shape[-1], columns)).astype(np.float32)
-    lanes = vector[0] if columns % vector[0] == 0 else next(d for d in range(vector[0], 0, -1) if columns % d == 0)
-    packed = pack_dense_weight(weight, lanes)
+    packed = pack_dense_weight(weight, lanes_for(columns, vector[0]))
     schedule = packed_conv2d_schedule(dense_packed(x.shape, packed.shape), vector, threads)
     assert schedule is not None, "the default schedule did not apply"
     return x, weight, packed, schedule.mod["main"]
