@@ -82,6 +82,29 @@ def test_packed_conv2d_matches_numpy(case, threads, host):
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4 * np.sqrt(k * k * ic / groups))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", ["first-layer-3-channels", "1x1", "odd-channels-batch2-stride2"])
+def test_nchw_input_is_read_transposed(case, threads, host):
+    """nchw_input: the kernel takes the NCHW tensor a graph input is (padded: the transpose
+    runs in the padding pass; unpadded: in the conv's loads) and computes the same conv."""
+    target, vector = host
+    n, h, w, ic, oc, k, s, pad, d, groups = CASES[case]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, ic, h, w)).astype(np.float32)
+    weight = rng.standard_normal((oc, k, k, ic)).astype(np.float32)
+    packed = pack_conv2d_weight(weight, conv_lanes(oc, 1, vector[0]))
+    func = conv2d_nhwc_packed(x.shape, packed.shape, oc, 1, (s, s), pad, (d, d), nchw_input=True)
+    schedule = packed_conv2d_schedule(func, vector, threads)
+    assert schedule is not None, "the default schedule did not apply"
+    text = schedule.mod["main"].script()
+    assert ("T.parallel" in text) == (threads > 1)
+    want = conv2d_reference(x.transpose(0, 2, 3, 1), weight, (s, s), pad, (d, d), 1)
+    lib = _tvm.compile_executable(schedule.mod, target)
+    out = tvm.runtime.tensor(np.zeros(want.shape, np.float32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(packed), out)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4 * np.sqrt(k * k * ic))
+
+
 def _depthwise_kernel(vector, channels=192, size=28):
     weight = np.random.default_rng(1).standard_normal((channels, 3, 3, 1)).astype(np.float32)
     packed = pack_conv2d_weight(weight, conv_lanes(channels, channels, vector[0]))

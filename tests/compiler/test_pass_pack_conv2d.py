@@ -66,6 +66,59 @@ def test_regular_and_depthwise_convs_become_packed_kernels():
     verify_pass(PackConv2dFp32(16), _module(before), _module(expected))
 
 
+NCHW_SHAPE = (1, 8, 10, 10)
+
+
+def _nchw_module(body):
+    return relax_main(lambda bb, x: body(bb, x, bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))), NCHW_SHAPE)
+
+
+def test_a_conv_of_the_transposed_nchw_input_reads_the_input_itself():
+    """What ConvertLayout leaves at an NCHW graph input: the transpose kernel goes."""
+
+    def before(bb, x, nhwc):
+        return _nhwc_conv(nhwc, W)
+
+    def expected(bb, x, nhwc):
+        packed = pack_conv2d_weight(W, 16)
+        kernel = conv2d_nhwc_packed(NCHW_SHAPE, packed.shape, 32, 1, (1, 1), (1, 1, 1, 1), (1, 1), nchw_input=True)
+        gv = bb.add_func(kernel, CONV_BLOCK)
+        bb.update_func(gv, kernel.with_attr("global_symbol", gv.name_hint))
+        return relax.call_tir(gv, relax.Tuple([x, relax.const(packed)]), relax.TensorType((1, 10, 10, 32), "float32"))
+
+    expected_mod = relax_main(lambda bb, x: expected(bb, x, None), NCHW_SHAPE)
+    verify_pass(PackConv2dFp32(16), _nchw_module(before), expected_mod)
+
+
+@pytest.mark.parametrize("case", ["depthwise", "transpose-read-elsewhere"])
+def test_the_transpose_stays_where_something_else_needs_it(case):
+    def body(bb, x, nhwc):
+        if case == "depthwise":  # its input vectors are loaded, not broadcast: kept NHWC
+            return _nhwc_conv(nhwc, DW, groups=8)
+        y = bb.emit(_nhwc_conv(nhwc, W))
+        return relax.op.add(y, relax.op.sum(nhwc, axis=[3], keepdims=True))
+
+    after = PackConv2dFp32(16)(_nchw_module(body))
+    assert relax.analysis.well_formed(after) is not False
+    assert "permute_dims" in after["main"].script()
+
+
+@pytest.mark.parametrize("case", ["transposed-only", "transpose-read-elsewhere"])
+def test_transposed_input_convs_compute_the_same_numbers(case):
+    def body(bb, x, nhwc):
+        y = bb.emit(relax.op.nn.relu(bb.emit(_nhwc_conv(nhwc, W24))))
+        return y if case == "transposed-only" else relax.op.add(y, relax.op.sum(nhwc, axis=[3], keepdims=True))
+
+    _, target = resolve_preset(load_preset("host"))
+    mod = _nchw_module(body)
+    x = rng.standard_normal(NCHW_SHAPE).astype("float32")
+    outs = []
+    for m in (mod, PackConv2dFp32(16)(mod)):
+        vm = relax.VirtualMachine(tvm.compile(m, target=target), tvm.cpu())
+        outs.append(vm["main"](tvm.runtime.tensor(x)).numpy())
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+
+
 W24 = rng.standard_normal((24, 3, 3, 8)).astype("float32")  # 24 channels: computed as 32
 G28 = rng.standard_normal((56, 3, 3, 4)).astype("float32")  # 2 groups of 28: computed as 2 x 32
 

@@ -37,6 +37,7 @@ from .._tvm import te, tirx, topi
 BLOCK_NAME = "fp32_packed"  # in the kernels' block names: how the scheduler recognizes them
 CONV_BLOCK = f"conv2d_{BLOCK_NAME}"
 DENSE_BLOCK = f"dense_{BLOCK_NAME}"
+TRANSPOSED_INPUT_BLOCK = "x_nhwc"  # an NCHW input read as NHWC (conv2d_nhwc_packed's nchw_input)
 
 
 def lanes_for(channels_per_group: int, vector_lanes: int) -> int:
@@ -103,9 +104,15 @@ def _i64(dims) -> list:
     return [tirx.IntImm("int64", int(d)) for d in dims]
 
 
-def conv2d_nhwc_packed(x_shape, packed_shape, out_channels: int, groups: int, strides, padding, dilation, dtype="float32"):
-    """A PrimFunc (x NHWC, packed weight) -> NHWC output with `out_channels` channels."""
-    n, h, w, _ = x_shape
+def conv2d_nhwc_packed(x_shape, packed_shape, out_channels: int, groups: int, strides, padding, dilation,
+                       dtype="float32", nchw_input: bool = False):
+    """A PrimFunc (x NHWC, packed weight) -> NHWC output with `out_channels` channels.
+    nchw_input: x comes NCHW (`x_shape` too) and is read transposed, in the pass that pads
+    it (a graph's NCHW input then needs no transpose kernel of its own)."""
+    if nchw_input:
+        n, _, h, w = x_shape
+    else:
+        n, h, w, _ = x_shape
     _, kh, kw, icg, lanes = packed_shape
     ocg = out_channels // groups
     sh, sw = strides
@@ -114,8 +121,10 @@ def conv2d_nhwc_packed(x_shape, packed_shape, out_channels: int, groups: int, st
     data = te.placeholder(_i64(x_shape), dtype, name="x")
     packed = te.placeholder(_i64(packed_shape), dtype, name="w")
     x = data
+    if nchw_input:
+        x = te.compute(_i64((n, h, w, x_shape[1])), lambda b, i, j, c: data[b, c, i, j], name=TRANSPOSED_INPUT_BLOCK)
     if any(padding):
-        x = topi.nn.pad(data, [0, pt, pl, 0], [0, pb, pr, 0], pad_value=tirx.const(0.0, dtype), name="x_pad")
+        x = topi.nn.pad(x, [0, pt, pl, 0], [0, pb, pr, 0], pad_value=tirx.const(0.0, dtype), name="x_pad")
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
     rh = te.reduce_axis((0, kh), "rh")

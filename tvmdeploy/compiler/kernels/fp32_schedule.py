@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from .. import _tvm
 from .._tvm import tvm
-from .fp32_packed import BLOCK_NAME, CONV_BLOCK, DENSE_BLOCK
+from .fp32_packed import BLOCK_NAME, CONV_BLOCK, DENSE_BLOCK, TRANSPOSED_INPUT_BLOCK
 
 # A padded copy smaller than this is made by the calling thread alone: a parallel pass of
 # its own wakes the pool's sleeping workers once more per conv (then again for the conv).
@@ -145,6 +145,10 @@ def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
     last = outputs[0]
     pads = [b for b in blocks if sch.get(b).name_hint in producers]
     name = lambda b: sch.get(b).name_hint  # noqa: E731
+    # An NCHW input read as NHWC: its transpose is folded into the padding pass (parallel
+    # at any size: it replaces a transpose kernel that was), or without padding into the
+    # conv's loads (each input value is one scalar broadcast, wherever it lies).
+    transposed = any(name(b) == TRANSPOSED_INPUT_BLOCK for b in blocks)
     for block in blocks:
         if name(block) in producers or name(block) in (name(conv), name(last)):
             continue
@@ -181,7 +185,7 @@ def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
     if sch.get(init_lane).kind != sch.get(cl).kind:
         sch.vectorize(init_lane)
     for pad in pads:
-        if depthwise:
+        if depthwise or name(pad) == TRANSPOSED_INPUT_BLOCK:
             # One multiply-add per loaded vector: a separate padding pass would cost as much
             # memory traffic as the conv itself (1.3-2.7x slower measured); the bounds checks
             # inlined into the loads are cheaper. A conv reducing over channels reuses each
@@ -190,7 +194,7 @@ def schedule_conv2d(sch, tile: ConvTile, threads: int) -> None:
             sch.compute_inline(pad)
             continue
         loops = sch.get_loops(pad)
-        if threads > 1 and _tvm.buffer_bytes(sch.get(pad).writes[0].source) >= PARALLEL_PAD_BYTES:
+        if threads > 1 and (transposed or _tvm.buffer_bytes(sch.get(pad).writes[0].source) >= PARALLEL_PAD_BYTES):
             sch.parallel(sch.fuse(loops[0], loops[1]))
         sch.vectorize(loops[-1])
 

@@ -12,7 +12,10 @@ the kernel computes the padded channels and a slice drops them:
                   ->  reshape(strided_slice(reshape(call_tir(...), [N,H,W,G,Cp]), :C/G), [N,H,W,C])
 
 the slice then fuses with what follows (bias, activation, a channel shuffle) into one
-injective kernel. Convolutions in another layout,
+injective kernel. An ungrouped conv of an NCHW tensor's transpose (what ConvertLayout puts
+between an NCHW graph input and the first conv) reads the NCHW tensor itself, transposed in
+the pass that pads it, and the transpose kernel goes (kernels/fp32_packed.py,
+`nchw_input`; SqueezeNet's cost 105 us of 3.9 ms). Convolutions in another layout,
 dtype, or with a weight computed at run time are left as they are.
 """
 
@@ -37,6 +40,8 @@ from .call_rewrite import add_kernel, count_calls, rewrite_calls
 from .carry import carries_errors
 
 CONV2D = Op.get("relax.nn.conv2d")
+PERMUTE_DIMS = Op.get("relax.permute_dims")
+NCHW_TO_NHWC = [0, 2, 3, 1]
 
 
 def packable_conv2d(call: relax.Call, layouts: tuple[str, str] = ("NHWC", "OHWI")) -> bool:
@@ -72,13 +77,42 @@ class PackConv2dFp32:
     @carries_errors
     def transform_module(self, mod: IRModule, ctx: PassContext) -> IRModule:
         lanes = self.vector_lanes
-        packed = rewrite_calls(mod, lambda bb, call: packed_call(bb, call, lanes) if packable_conv2d(call) else None)
-        return relax.transform.Normalize()(packed)
+        bound = bound_values(mod)
+        packed = relax.transform.Normalize()(rewrite_calls(
+            mod, lambda bb, call: packed_call(bb, call, lanes, bound) if packable_conv2d(call) else None
+        ))
+        if any(nchw_source(v.args[0], bound) is not None for v in bound.values() if packable_conv2d(v)):
+            # A transpose whose every reader now reads its input goes with the dead bindings.
+            packed = relax.transform.DeadCodeElimination()(packed)
+        return packed
 
 
-def packed_call(builder: relax.BlockBuilder, call: relax.Call, vector_lanes: int) -> relax.Expr:
+def bound_values(mod: IRModule) -> dict:
+    values = {}
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            values.update(relax.analysis.get_var2val(func))
+    return values
+
+
+def nchw_source(data: relax.Expr, bound: dict) -> relax.Var | None:
+    """The function parameter (a graph input: never rewritten, so safe to refer to from a
+    rewritten call) of static shape that `data` is the NCHW -> NHWC transpose of; else None."""
+    value = bound.get(data) if isinstance(data, relax.Var) else None
+    if not (isinstance(value, relax.Call) and value.op.same_as(PERMUTE_DIMS) and value.attrs.axes is not None):
+        return None
+    source = value.args[0]
+    if [int(v) for v in value.attrs.axes] != NCHW_TO_NHWC or not isinstance(source, relax.Var) or source in bound:
+        return None
+    return source if static_shape(source) is not None and len(static_shape(source)) == 4 else None
+
+
+def packed_call(builder: relax.BlockBuilder, call: relax.Call, vector_lanes: int, bound: dict | None = None) -> relax.Expr:
     a = call.attrs
     data, weight = call.args
+    source = nchw_source(data, bound or {}) if int(a.groups) == 1 else None
+    if source is not None:
+        data = source
     w = np.ascontiguousarray(weight.value.numpy(), dtype=np.float32)
     groups, out_channels = int(a.groups), w.shape[0]
     out_shape = static_shape(call)
@@ -88,7 +122,7 @@ def packed_call(builder: relax.BlockBuilder, call: relax.Call, vector_lanes: int
     packed = pack_conv2d_weight(w, conv_lanes(w.shape[0], groups, vector_lanes))
     kernel = conv2d_nhwc_packed(
         static_shape(data), packed.shape, w.shape[0], groups, [int(v) for v in a.strides],
-        [int(p) for p in a.padding], [int(v) for v in a.dilation],
+        [int(p) for p in a.padding], [int(v) for v in a.dilation], nchw_input=source is not None,
     )
     gv = add_kernel(builder, kernel, CONV_BLOCK)
     computed = [*out_shape[:3], w.shape[0]]
