@@ -145,6 +145,10 @@ BAD_FIELDS = [
     (lambda m: m.update(weights="weights.npz"), r"'files' lists no sha256 for the weights file 'weights.npz'"),
     (lambda m: m.update(compute_capability=8), r"'compute_capability' must be null or"),
     (lambda m: m.update(build_seconds="fast"), r"'build_seconds' must be a non-negative number"),
+    (lambda m: m["inputs"][0].update(index_range=[0, 10]), r"'index_range' is for integer inputs, not float32"),
+    (lambda m: m["inputs"][0].update(dtype="int64", index_range="0..10"), r"'index_range' must be a list \[low, high\]"),
+    (lambda m: m["inputs"][0].update(dtype="int64", index_range=[0, 1.5]), r"'index_range' bound must be an integer"),
+    (lambda m: m["inputs"][0].update(dtype="int64", index_range=[5, 5]), r"'index_range' \[5, 5\] is empty"),
 ]
 
 

@@ -13,6 +13,7 @@ import tvm
 from tvm import relax
 
 from .passes import FoldConvChannelAffine, IdentifierParamNames
+from .passes.clamp_gather_indices import ClampGatherIndices
 from .passes.clip_as_ops import ClipAsRelaxOps
 from .passes.remove_dropout import RemoveInferenceDropout
 from .reports import GraphReport, PassLog
@@ -25,6 +26,9 @@ from .reports import GraphReport, PassLog
 # bias (CanonicalizeBindings first drops the BN's leftover tuple, which blocks fusion).
 GRAPH_PASSES = (
     IdentifierParamNames,  # "gpu_0/data_0" breaks CUDA codegen
+    # A gather by run-time indices never reads outside its table; first, so FoldConstant
+    # (which legalizes each op it tries) never meets TVM's unchecked take and warns.
+    ClampGatherIndices,
     relax.transform.FoldConstant,
     relax.transform.FoldBatchnormToConv2D,
     relax.transform.DecomposeOpsForInference,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ from .build import build_library, build_pass_names, library_file_name
 from ..errors import RemoteError, TvmDeployError, raise_if_interrupted
 from .frontend import import_model
 from ..runtime.manifest import Manifest
+from .analysis.gather_indices import index_ranges
 from .lowering import lower
 from .optimize import optimize_graph
 from .presets import load_preset, resolve_preset
@@ -111,8 +112,10 @@ def compile_model(
     imported = import_model(model, input_shapes=input_shapes, example_inputs=example_inputs)
     reports = CompileReports(imported=_import_report(imported))
 
-    # 3. Optimize the graph: fold constants and BatchNorm, simplify.
+    # 3. Optimize the graph: fold constants and BatchNorm, simplify; note the inputs that
+    #    index a table (the loader checks their values).
     mod, reports.graph = optimize_graph(imported.mod)
+    imported = with_index_ranges(imported, mod)
 
     # 4. Prune, compress and quantize (if asked), in that order. Structured pruning
     #    removes channels; low-rank splits layers into thinner pairs; magnitude pruning
@@ -185,6 +188,16 @@ def schedule_kernels(fused, tvm_target, preset, cache, tune=None, progress=None)
         cache_folder=str(cache.folder), tuning=tuning,
     )
     return scheduled, report
+
+
+def with_index_ranges(imported, mod):
+    """The imported model with the value range of each integer input that indexes a table."""
+    ranges = index_ranges(mod["main"])
+    inputs = [
+        replace(spec, index_range=ranges.get(i)) if str(spec.dtype).startswith(("int", "uint")) else spec
+        for i, spec in enumerate(imported.inputs)
+    ]
+    return replace(imported, inputs=inputs)
 
 
 def _import_report(imported) -> ImportReport:
@@ -294,6 +307,7 @@ def tune_model(
         require_local_measurement(preset)
     imported = import_model(model, input_shapes=input_shapes, example_inputs=example_inputs)
     mod, _ = optimize_graph(imported.mod)
+    imported = with_index_ranges(imported, mod)
     mod = shrink_graph(
         mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress, tvm_target,
         compress=compress, max_accuracy_drop=max_accuracy_drop,

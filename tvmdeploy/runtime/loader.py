@@ -187,6 +187,8 @@ class LoadedModel:
                     f"input '{spec.name}' has shape {list(array.shape)}, expected {list(spec.shape)} "
                     f"(the artifact is compiled for that shape; recompile with --input-shape for another)"
                 )
+            if spec.index_range is not None:
+                _check_index_range(spec, array)
             # Not np.ascontiguousarray: it turns a 0-d input into shape (1,).
             arrays.append(np.require(array, requirements="C"))
         return arrays
@@ -252,6 +254,22 @@ def _read_weights(files: ArtifactFolder, manifest: Manifest) -> list[np.ndarray]
         return read_weights(io.BytesIO(data), manifest.weights)
     except ValueError as e:
         raise ArtifactError(f"{files.path}: {e}; rebuild the artifact") from None
+
+
+def _check_index_range(spec: TensorSpec, array: np.ndarray) -> None:
+    """An input that indexes a table (token ids) holds values inside it: the library
+    clamps one that does not (it never reads outside the table), which would run the
+    model on a wrong id without a word."""
+    low, high = spec.index_range
+    if array.size == 0:
+        return
+    outside = (array < low) | (array >= high)
+    if outside.any():
+        where = tuple(int(i) for i in np.argwhere(outside)[0])
+        raise InputMismatchError(
+            f"input '{spec.name}' holds {array[where].item()} at {list(where)}, outside {low}..{high - 1}: "
+            f"it indexes a table of {high} entries; pass values in that range"
+        )
 
 
 def _check_arity(vm, folder: Path, manifest: Manifest, weights: int) -> None:

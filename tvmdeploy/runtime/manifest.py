@@ -22,10 +22,22 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str
+    # An integer input that indexes a table (token ids): the values it may hold, [low, high).
+    index_range: tuple[int, int] | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "TensorSpec":
-        return cls(name=d["name"], shape=tuple(int(x) for x in d["shape"]), dtype=d["dtype"])
+        index_range = d.get("index_range")
+        return cls(
+            name=d["name"], shape=tuple(int(x) for x in d["shape"]), dtype=d["dtype"],
+            index_range=None if index_range is None else (int(index_range[0]), int(index_range[1])),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.index_range is None:
+            del d["index_range"]  # the manifests of models without one stay as they were
+        return d
 
     def describe(self) -> str:
         return f"{self.name}: {self.dtype}[{', '.join(map(str, self.shape))}]"
@@ -55,7 +67,10 @@ class Manifest:
     compute_capability: str | None = None  # device "cuda": the oldest GPU it runs on ("8.0")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+        d = asdict(self)
+        d["inputs"] = [spec.to_dict() for spec in self.inputs]
+        d["outputs"] = [spec.to_dict() for spec in self.outputs]
+        return json.dumps(d, indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":

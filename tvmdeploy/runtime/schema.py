@@ -141,7 +141,22 @@ def _tensor(spec: Any, low: int) -> str | None:
             return f"'shape' dimension {problem}"
     if spec.get("dtype") not in DTYPES:
         return f"'dtype' {spec.get('dtype')!r} is not one of {', '.join(sorted(DTYPES))}"
-    return None
+    return _index_range(spec)
+
+
+def _index_range(spec: dict) -> str | None:
+    value = spec.get("index_range")
+    if value is None:
+        return None
+    if not spec["dtype"].startswith(("int", "uint")):
+        return f"'index_range' is for integer inputs, not {spec['dtype']}"
+    if not isinstance(value, list) or len(value) != 2:
+        return "'index_range' must be a list [low, high]"
+    for bound in value:
+        problem = _int(bound, -(2**63), 2**63)
+        if problem:
+            return f"'index_range' bound {problem}"
+    return None if value[0] < value[1] else f"'index_range' {value} is empty (low must be below high)"
 
 
 def _files(value: Any) -> str | None:
