@@ -41,6 +41,60 @@ def test_gathers_that_cannot_read_outside_are_left_alone(case):
     verify_pass(ClampGatherIndices(), mod, mod)
 
 
+def test_gather_elements_indices_wrap_negatives_then_clamp():
+    before = _ids_module(lambda bb, ids: relax.op.gather_elements(TABLE, ids, axis=1), shape=(10, 4))
+
+    def expected(bb, ids):
+        n, zero, one = (relax.const(np.array(v, "int64"), "int64") for v in (4, 0, 1))
+        wrapped = relax.op.where(relax.op.less(ids, zero), relax.op.add(ids, n), ids)
+        inside = relax.op.minimum(relax.op.maximum(wrapped, zero), relax.op.subtract(n, one))
+        return relax.op.gather_elements(TABLE, inside, axis=1)
+
+    verify_pass(ClampGatherIndices(), before, relax.transform.Normalize()(_ids_module(expected, shape=(10, 4))))
+
+
+def _onnx_graph(op, index_shape, out_shape, **attrs):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    data = numpy_helper.from_array(np.arange(20, dtype=np.float32).reshape(4, 5), "data")
+    graph = helper.make_graph(
+        [helper.make_node(op, ["data", "idx"], ["y"], **attrs)], "g",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, index_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], [data],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("op", ["GatherElements", "GatherND"])
+def test_onnx_gathers_by_input_indices_match_onnxruntime_and_stay_inside(op, tmp_path):
+    """Both segfaulted on an index of 1e8; in range (negatives too) they match ONNX Runtime."""
+    import onnx
+    import tvm
+
+    from tvmdeploy.compiler.frontend import import_model
+    from tvmdeploy.compiler.optimize import optimize_graph
+    from tvmdeploy.compiler.presets import load_preset, resolve_preset
+
+    model = _onnx_graph(op, [4, 5], [4, 5], axis=0) if op == "GatherElements" else _onnx_graph(op, [3, 2], [3])
+    path = tmp_path / f"{op}.onnx"
+    onnx.save(model, str(path))
+    rng = np.random.default_rng(0)
+    if op == "GatherElements":
+        idx = rng.integers(-4, 4, (4, 5))
+    else:
+        idx = np.stack([rng.integers(-4, 4, 3), rng.integers(-5, 5, 3)], axis=1)
+    want = ort.InferenceSession(str(path)).run(None, {"idx": idx})[0]
+    loaded = load(compile_model(path, "host", output_dir=tmp_path / "art").artifact_dir)
+    np.testing.assert_array_equal(loaded(idx)[0], want)
+    # The library alone (no loader check): far indices read the first or last element.
+    _, target = resolve_preset(load_preset("host"))
+    vm = relax.VirtualMachine(tvm.compile(optimize_graph(import_model(path).mod)[0], target=target), tvm.cpu())
+    far = vm["main"](tvm.runtime.tensor(np.full(idx.shape, 10**8, np.int64))).numpy()
+    near = vm["main"](tvm.runtime.tensor(np.full(idx.shape, -10**8, np.int64))).numpy()
+    assert far.max() <= 19 and near.min() >= 0 and np.isfinite(far).all()
+
+
 def _onnx_wrapped_take(bb, ids):
     """What TVM's ONNX importer emits for Gather: negative indices wrapped, then take."""
     negative = bb.emit(relax.op.less(ids, relax.const(0, "int64")))
@@ -56,8 +110,9 @@ def _onnx_wrapped_take(bb, ids):
         (lambda bb, ids: relax.op.take(TABLE, bb.emit(relax.op.astype(ids, "int32")), axis=0), {0: (0, 10)}),
         (lambda bb, ids: relax.op.take(TABLE, bb.emit(relax.op.reshape(ids, (6,))), axis=1), {0: (0, 4)}),
         (lambda bb, ids: relax.op.take(TABLE, bb.emit(relax.op.multiply(ids, ids)), axis=0), {}),
+        (lambda bb, ids: relax.op.gather_elements(TABLE, bb.emit(relax.op.reshape(ids, (2, 3))), axis=1), {0: (-4, 4)}),
     ],
-    ids=["direct", "onnx-negative-wrap", "cast", "reshape-axis1", "computed-indices"],
+    ids=["direct", "onnx-negative-wrap", "cast", "reshape-axis1", "computed-indices", "gather-elements"],
 )
 def test_index_ranges_follow_the_input_to_its_table(body, want):
     assert index_ranges(_ids_module(body)["main"]) == want

@@ -112,10 +112,10 @@ def compile_model(
     imported = import_model(model, input_shapes=input_shapes, example_inputs=example_inputs)
     reports = CompileReports(imported=_import_report(imported))
 
-    # 3. Optimize the graph: fold constants and BatchNorm, simplify; note the inputs that
-    #    index a table (the loader checks their values).
+    # 3. Note the inputs that index a table (the loader checks their values); optimize
+    #    the graph: fold constants and BatchNorm, simplify.
+    imported = with_index_ranges(imported)
     mod, reports.graph = optimize_graph(imported.mod)
-    imported = with_index_ranges(imported, mod)
 
     # 4. Prune, compress and quantize (if asked), in that order. Structured pruning
     #    removes channels; low-rank splits layers into thinner pairs; magnitude pruning
@@ -190,9 +190,10 @@ def schedule_kernels(fused, tvm_target, preset, cache, tune=None, progress=None)
     return scheduled, report
 
 
-def with_index_ranges(imported, mod):
-    """The imported model with the value range of each integer input that indexes a table."""
-    ranges = index_ranges(mod["main"])
+def with_index_ranges(imported):
+    """The imported model with the value range of each integer input that indexes a table
+    (read off the graph as imported: the graph passes clamp those indices)."""
+    ranges = index_ranges(imported.mod["main"])
     inputs = [
         replace(spec, index_range=ranges.get(i)) if str(spec.dtype).startswith(("int", "uint")) else spec
         for i, spec in enumerate(imported.inputs)
@@ -306,8 +307,8 @@ def tune_model(
 
         require_local_measurement(preset)
     imported = import_model(model, input_shapes=input_shapes, example_inputs=example_inputs)
+    imported = with_index_ranges(imported)
     mod, _ = optimize_graph(imported.mod)
-    imported = with_index_ranges(imported, mod)
     mod = shrink_graph(
         mod, imported.inputs, prune, quantize, calibration_data, preset.device, progress, tvm_target,
         compress=compress, max_accuracy_drop=max_accuracy_drop,

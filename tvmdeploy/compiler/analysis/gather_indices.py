@@ -2,9 +2,11 @@
 and the values each may hold: the manifest records them and the loader refuses an input
 outside them with one line, as ONNX Runtime does, instead of running on clamped ids.
 
-An input indexes a table when a `take` reads the table at it, directly or through a
-cast, a reshape, or the ONNX importer's wrap of negative indices
-(`where(x < 0, x + n, x)`: then -n .. -1 are accepted too).
+An input indexes a table when a `take` (or an ONNX GatherElements / ScatterElements,
+which count -n .. -1 from the end) reads the table at it, directly or through a cast, a
+reshape, or the ONNX importer's wrap of negative indices (`where(x < 0, x + n, x)`: then
+-n .. -1 are accepted too). GatherND's indices hold one column per axis, each with its own
+range: they are only clamped (passes/clamp_gather_indices.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .._tvm import RelaxConstant
 from .channels import static_shape
 
 TAKE = Op.get("relax.take")
+ALONG_AXIS = (Op.get("relax.gather_elements"), Op.get("relax.scatter_elements"))
 WHERE = Op.get("relax.where")
 LESS = Op.get("relax.less")
 ADD = Op.get("relax.add")
@@ -34,15 +37,21 @@ def index_ranges(func: relax.Function) -> dict[int, tuple[int, int]]:
     ranges: dict[int, tuple[int, int]] = {}
 
     def visit(expr):
-        if not (isinstance(expr, relax.Call) and expr.op.same_as(TAKE)):
+        if not isinstance(expr, relax.Call):
             return
-        table, indices = expr.args
+        if expr.op.same_as(TAKE):
+            counts_from_end = False
+        elif any(expr.op.same_as(op) for op in ALONG_AXIS):
+            counts_from_end = True  # ONNX GatherElements / ScatterElements: -n .. -1 count from the end
+        else:
+            return
+        table, indices = expr.args[:2]
         rows = _rows(table, expr.attrs.axis)
         found = _source(indices, bound, params)
         if rows is None or found is None:
             return
         position, wraps_negative = found
-        low, high = (-rows if wraps_negative else 0), rows
+        low, high = (-rows if wraps_negative or counts_from_end else 0), rows
         old = ranges.get(position, (low, high))
         ranges[position] = (max(low, old[0]), min(high, old[1]))
 
