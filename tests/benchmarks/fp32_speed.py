@@ -20,7 +20,9 @@ Per model: latency of ONNX Runtime and of each tvmdeploy artifact, interleaved i
 with the same thread count (tvmdeploy.runtime.bench), the ratios (tvmdeploy / ONNX
 Runtime; < 1 is faster), and a per-kernel table for the last artifact: calls, time per
 call (each kernel timed alone on random inputs), GFLOPS, share of the summed kernel time,
-and % of the machine's fp32 peak = threads x vector lanes x 2 (FMA) x FMA units x GHz.
+and % of the machine's fp32 peak = threads x vector lanes x 2 (FMA) x FMA units x GHz;
+then the same artifact's kernels as they run in sequence in an inference, beside ONNX
+Runtime's own per-operator profile.
 Lanes come from the target preset (16 AVX-512, 8 AVX2, 4 NEON); FMA units (default 2)
 and the clock (default: /proc/cpuinfo "cpu MHz", which under a hypervisor is the nominal
 one) can be given with --fma-units / --ghz.
@@ -251,6 +253,75 @@ def kernel_table(artifact: Path, onnx_path: Path, target_name: str, cache_dir: P
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- in sequence
+
+
+def sequence_table(artifact: Path, onnx_path: Path, threads: int, runs: int = 20, top: int = 25) -> str:
+    """Where an inference's time goes, kernel by kernel as they run in sequence (each
+    kernel's own weights and its producer's output in whatever cache they are in), beside
+    ONNX Runtime's own profile of the same model by operator. Timed alone, hot, kernels read
+    up to a third faster than in sequence, which is what an inference pays."""
+    import onnxruntime as ort
+
+    from tvmdeploy import load
+
+    model = load(artifact, threads=threads)
+    tensors = [model._tvm.runtime.tensor(a, model._device) for a in model.random_inputs()] + model._weights
+    for _ in range(3):
+        model._run(*tensors)
+    started: dict[str, float] = {}
+    calls: list[tuple[str, float]] = []
+
+    def instrument(func, symbol, before, result, *args):
+        now = time.perf_counter()
+        if before:
+            started[symbol] = now
+        elif not symbol.startswith("vm.builtin"):
+            calls.append((symbol, now - started[symbol]))
+        return 0
+
+    model._vm.set_instrument(instrument)
+    per_run = []
+    for _ in range(runs):
+        calls.clear()
+        model._run(*tensors)
+        per_run.append(list(calls))
+    model._vm.set_instrument(lambda *a: 0)
+    medians = np.median(np.array([[seconds for _, seconds in run] for run in per_run]), axis=0)
+    totals: dict[str, list] = {}
+    for (name, _), seconds in zip(per_run[0], medians):
+        totals.setdefault(name, [0, 0.0])
+        totals[name][0] += 1
+        totals[name][1] += seconds
+    whole = float(medians.sum())
+    lines = [f"  in sequence (median of {runs} instrumented inferences; kernels sum to {whole * 1e3:.3f} ms)",
+             f"  {'kernel':<52}{'calls':>6}{'us/call':>10}{'share':>8}"]
+    for name, (count, seconds) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]:
+        lines.append(f"  {name[:51]:<52}{count:>6}{seconds / count * 1e6:>10.1f}{100 * seconds / whole:>7.1f}%")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.enable_profiling = threads, True
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="tvmdeploy-ort-profile-")) / "ort")
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: a for i, a in zip(session.get_inputs(), model.random_inputs())}
+    for _ in range(3 + runs):
+        session.run(None, feeds)
+    import json
+
+    events = json.loads(Path(session.end_profiling()).read_text())
+    by_op: dict[str, list] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event.get("args", {}).get("op_name", "?")
+            by_op.setdefault(op, []).append(event["dur"])
+    ort_total = sum(sum(durations) for durations in by_op.values()) / (3 + runs) / 1e3
+    lines.append(f"  ONNX Runtime's profile by operator (mean of {3 + runs} runs; nodes sum to {ort_total:.3f} ms)")
+    for op, durations in sorted(by_op.items(), key=lambda kv: -sum(kv[1])):
+        ms = sum(durations) / (3 + runs) / 1e3
+        lines.append(f"  {op:<52}{len(durations) // (3 + runs):>6}{ms * 1e3 / max(1, len(durations) // (3 + runs)):>10.1f}{100 * ms / ort_total:>7.1f}%")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- overhead A/B
 
 
@@ -369,6 +440,7 @@ def main() -> None:
         if not args.no_kernels:
             last, last_cache = (tuned, cache) if tuned is not None else (untuned, work / "empty-cache")
             print(kernel_table(last, path, args.target, last_cache, args.threads, args.fma_units, args.ghz, args.kernel_number))
+            print(sequence_table(last, path, args.threads))
         if args.ab_overhead:
             print(ab_overhead(path, args.target, args.threads, max(5, args.repeat // 3)))
     print(f"\nsummary ({args.threads} thread(s), ratios = tvmdeploy / ONNX Runtime, < 1 is faster; CPU: {_cpu_name()})")
