@@ -69,8 +69,8 @@ static pthread_t workers[MAX_THREADS];
 static pthread_mutex_t launch_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic uint32_t generation; /* of the current job */
 static _Atomic uint64_t range_next[MAX_THREADS]; /* (generation << 32) | next task of each range */
-static int range_end[MAX_THREADS];
-static int job_ranges = 1;
+static _Atomic int range_end[MAX_THREADS]; /* atomics: a late thread may read them while the next job sets them */
+static _Atomic int job_ranges = 1;
 static _Atomic uint32_t wake_word; /* futex word the sleeping workers wait on */
 static _Atomic uint32_t done;      /* tasks of the current job finished (futex word) */
 static _Atomic int sleepers;
@@ -332,10 +332,11 @@ int tvmdeploy_parallel_launch(FTVMParallelLambda fn, void* cdata, int num_task) 
   atomic_store(&done, 0);
   gen += 1;
   job_ranges = pool_threads < job_env.num_task ? pool_threads : job_env.num_task;
-  for (int t = 0; t < job_ranges; ++t) {
-    range_end[t] = (int)((int64_t)job_env.num_task * (t + 1) / job_ranges);
+  /* Each range's word before its end: a thread late for the previous job that read the
+   * old word then finds its compare-and-swap failing, whatever end it reads. */
+  for (int t = 0; t < job_ranges; ++t)
     atomic_store(&range_next[t], ((uint64_t)gen << 32) | (uint32_t)((int64_t)job_env.num_task * t / job_ranges));
-  }
+  for (int t = 0; t < job_ranges; ++t) range_end[t] = (int)((int64_t)job_env.num_task * (t + 1) / job_ranges);
   atomic_store(&generation, gen);
   if (!atomic_load(&spinning)) wake_workers();
   in_pool = 1;
