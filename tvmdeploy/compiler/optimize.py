@@ -15,6 +15,7 @@ from tvm import relax
 from .passes import FoldConvChannelAffine, IdentifierParamNames
 from .passes.clamp_gather_indices import ClampGatherIndices
 from .passes.clip_as_ops import ClipAsRelaxOps
+from .passes.guard_integer_division import GuardIntegerDivision
 from .passes.remove_dropout import RemoveInferenceDropout
 from .reports import GraphReport, PassLog
 
@@ -29,6 +30,7 @@ GRAPH_PASSES = (
     # A gather by run-time indices never reads outside its table; first, so FoldConstant
     # (which legalizes each op it tries) never meets TVM's unchecked take and warns.
     ClampGatherIndices,
+    GuardIntegerDivision,  # likewise, an integer division by zero never traps (SIGFPE)
     relax.transform.FoldConstant,
     relax.transform.FoldBatchnormToConv2D,
     relax.transform.DecomposeOpsForInference,
