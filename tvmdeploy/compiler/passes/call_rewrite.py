@@ -27,6 +27,22 @@ def rewrite_calls(mod: IRModule, rewrite: Callable[[relax.BlockBuilder, relax.Ca
     return rewriter.builder_.get()
 
 
+def rewrite_function_calls(
+    func: relax.Function, mod: IRModule, rewrite: Callable[[relax.Call], "relax.Expr | None"]
+) -> relax.Function:
+    """One function with each call (visited bottom-up) replaced by what `rewrite(call)`
+    returns (None: left as it is): the body of the call-rewriting function passes."""
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            replaced = rewrite(call)
+            return call if replaced is None else replaced
+
+    return Rewriter(mod).visit_expr(func)
+
+
 def count_calls(mod: IRModule, matches: Callable[[relax.Expr], bool]) -> int:
     """How many calls in the module's Relax functions (fused kernels aside) `matches` accepts."""
     found = []

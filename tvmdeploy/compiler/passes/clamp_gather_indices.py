@@ -28,6 +28,7 @@ from tvm.relax.transform import function_pass
 from .._tvm import RelaxConstant
 from ..analysis.channels import static_shape
 from ..analysis.layer_calls import is_primitive
+from .call_rewrite import rewrite_function_calls
 from .carry import carries_errors
 
 TAKE = Op.get("relax.take")
@@ -41,15 +42,7 @@ class ClampGatherIndices:
     def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
         if is_primitive(func):
             return func
-
-        @relax.expr_functor.mutator
-        class Clamp(relax.PyExprMutator):
-            def visit_call_(self, call):
-                call = super().visit_call_(call)
-                clamped = clamped_call(call) if isinstance(call.op, Op) and len(call.args) >= 2 else None
-                return call if clamped is None else clamped
-
-        return Clamp(mod).visit_expr(func)
+        return rewrite_function_calls(func, mod, lambda call: clamped_call(call) if isinstance(call.op, Op) and len(call.args) >= 2 else None)
 
 
 def clamped_call(call: relax.Call) -> relax.Call | None:

@@ -20,6 +20,7 @@ from tvm.relax.transform import function_pass
 
 from .._tvm import PrimFunc, RelaxConstant
 from ..analysis.layer_calls import is_primitive
+from .call_rewrite import rewrite_function_calls
 from .carry import carries_errors
 
 CALL_TIR = Op.get("relax.call_tir")
@@ -47,19 +48,16 @@ class ClipAsRelaxOps:
     def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
         if is_primitive(func):
             return func
+        return rewrite_function_calls(func, mod, lambda call: _as_op(mod, call))
 
-        @relax.expr_functor.mutator
-        class Rewriter(relax.PyExprMutator):
-            def visit_call_(self, call):
-                call = super().visit_call_(call)
-                if not call.op.same_as(CALL_TIR) or not isinstance(call.args[1], relax.Tuple):
-                    return call
-                args = list(call.args[1].fields)
-                if len(args) != 2 or not isinstance(args[1], RelaxConstant) or args[1].value.numpy().size != 1:
-                    return call
-                op = clip_op(_callee(mod, call.args[0]))
-                if op is None or args[0].ty.dtype != args[1].ty.dtype:
-                    return call
-                return op(args[0], args[1])
 
-        return Rewriter(mod).visit_expr(func)
+def _as_op(mod: IRModule, call: relax.Call) -> relax.Expr | None:
+    if not call.op.same_as(CALL_TIR) or not isinstance(call.args[1], relax.Tuple):
+        return None
+    args = list(call.args[1].fields)
+    if len(args) != 2 or not isinstance(args[1], RelaxConstant) or args[1].value.numpy().size != 1:
+        return None
+    op = clip_op(_callee(mod, call.args[0]))
+    if op is None or args[0].ty.dtype != args[1].ty.dtype:
+        return None
+    return op(args[0], args[1])

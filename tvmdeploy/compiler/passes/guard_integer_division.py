@@ -20,6 +20,7 @@ from tvm.relax.transform import function_pass
 
 from .._tvm import RelaxConstant
 from ..analysis.layer_calls import is_primitive
+from .call_rewrite import rewrite_function_calls
 from .carry import carries_errors
 
 DIVISIONS = {
@@ -36,15 +37,7 @@ class GuardIntegerDivision:
     def transform_function(self, func: relax.Function, mod: IRModule, ctx: PassContext) -> relax.Function:
         if is_primitive(func):
             return func
-
-        @relax.expr_functor.mutator
-        class Guard(relax.PyExprMutator):
-            def visit_call_(self, call):
-                call = super().visit_call_(call)
-                guarded = guarded_division(call) if isinstance(call.op, Op) else None
-                return call if guarded is None else guarded
-
-        return Guard(mod).visit_expr(func)
+        return rewrite_function_calls(func, mod, lambda call: guarded_division(call) if isinstance(call.op, Op) else None)
 
 
 def guarded_division(call: relax.Call) -> relax.Call | None:
