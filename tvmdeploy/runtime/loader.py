@@ -114,7 +114,7 @@ class LoadedModel:
             with files.private_copy(manifest.library, manifest.files[manifest.library]) as copy:
                 library = tvm.runtime.load_module(str(copy))
                 if device == "cpu":  # the library's own thread pool, where it has one
-                    self._pool = attach_parallel_pool(copy, min(threads or physical_cores(), cpu_quota() or 1 << 16))
+                    self._pool = attach_parallel_pool(copy, runtime_threads(threads))
             weights = _read_weights(files, manifest)
         self._vm = tvm.runtime.vm.VirtualMachine(library, self._device)
         self._main = self._vm["main"]
@@ -204,15 +204,27 @@ class LoadedModel:
         with self._lock:
             for _ in range(warmup):
                 self._run(*tensors)
-            self._device.sync()
-            times = []
-            for _ in range(repeat):
-                start = time.perf_counter()
-                with self._inference():
-                    self._main(*tensors)
-                self._device.sync()
-                times.append(time.perf_counter() - start)
-        return times
+            return time_calls(self._main, tensors, self._device, self._pool, repeat)
+
+
+def runtime_threads(threads: int) -> int:
+    """The thread count an artifact runs on here: `threads` (0: one per physical core),
+    capped by the CPU quota of the container."""
+    return min(threads or physical_cores(), cpu_quota() or 1 << 16)
+
+
+def time_calls(main, tensors, device, pool, repeat: int) -> list[float]:
+    """Wall-clock seconds of `repeat` calls of `main`, each bracketed as an inference of the
+    library's own thread pool (None: TVM's), as the loader runs them."""
+    device.sync()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        with pool.inference() if pool is not None else contextlib.nullcontext():
+            main(*tensors)
+        device.sync()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def load(
