@@ -101,6 +101,32 @@ def test_damaged_cache_never_fails_a_plain_compile(tuned_cache, tmp_path, caplog
     assert "dropped" in caplog.text
 
 
+def test_a_record_that_cannot_replay_is_removed_from_the_cache(tuned_cache, tmp_path, caplog):
+    """Dropped once, not on every compile: the first plain compile removes it from the files."""
+    root, folder = _copy(tuned_cache, tmp_path)
+    before = len(read_database(folder).records)
+    _damage_impossible_trace(folder)
+    with caplog.at_level(logging.WARNING, logger="tvmdeploy.tuning"):
+        assert _plain_compile(root, tmp_path) == 3
+    assert "dropped 1 record(s)" in caplog.text and "removed from the cache" in caplog.text
+    assert len(read_database(folder).records) == before - 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tvmdeploy.tuning"):
+        assert _plain_compile(root, tmp_path / "again") == 3
+    assert "dropped" not in caplog.text
+
+
+def test_a_plain_compile_leaves_an_unloadable_record_while_the_lock_is_held(tuned_cache, tmp_path, caplog):
+    root, folder = _copy(tuned_cache, tmp_path)
+    _damage_impossible_trace(folder)
+    damaged = (folder / RECORD_FILE).read_bytes()
+    with open(folder / "lock", "a+") as lock, caplog.at_level(logging.WARNING, logger="tvmdeploy.tuning"):
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        assert _plain_compile(root, tmp_path) == 3
+    assert "left in the cache" in caplog.text
+    assert (folder / RECORD_FILE).read_bytes() == damaged
+
+
 def test_damage_is_repaired_by_the_next_tuning_run(tuned_cache, tmp_path):
     root, folder = _copy(tuned_cache, tmp_path)
     _damage_garbage(folder)

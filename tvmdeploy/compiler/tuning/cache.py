@@ -138,6 +138,26 @@ class TargetCache:
                 write_database(self.folder, shared)
             return added
 
+    def forget(self, unloadable: RecordSet, wait: bool) -> int:
+        """Remove records MetaSchedule cannot load from the shared database, so that later
+        compiles neither retry nor warn about them (their kernels are tuned again); returns
+        how many went. wait=False (a plain compile): only when the lock is free at once
+        and the folder writable; otherwise they wait for a later run."""
+        if not unloadable.records:
+            return 0
+        bad = {(unloadable.workloads[w], rec) for w, rec in unloadable.records}
+        cache = self if wait else dataclasses.replace(self, lock_timeout_s=0)
+        with contextlib.suppress(OSError, TvmDeployError), cache.locked():
+            shared, kept = read_database(self.folder), RecordSet()
+            for w, rec in shared.records:
+                if (shared.workloads[w], rec) not in bad:
+                    kept.add_record(shared.workloads[w], rec)
+            gone = len(shared.records) - len(kept.records)
+            if gone:
+                write_database(self.folder, kept)
+            return gone
+        return 0
+
     @contextlib.contextmanager
     def session(self) -> Iterator[Path]:
         """A private database folder for one tuning process, seeded with the shared records."""

@@ -28,27 +28,24 @@ def load_database(folder: Path):
 
 
 def load_database_healing(folder: Path, records: RecordSet):
-    """A MetaSchedule database of `records` written to `folder`; records TVM cannot load are dropped.
+    """(a MetaSchedule database of `records` written to `folder`, the records TVM cannot load).
 
     TVM loads a database all or nothing (one record whose trace does not replay fails the
     whole load with "parallel_for_dynamic error"), so on failure each record is tried on its
     own and only the loadable ones are kept: a damaged record costs its re-tuning, never a
-    failed compile.
+    failed compile. The caller removes the others from the shared cache (TargetCache.forget).
     """
     write_database(folder, records)
     try:
-        return load_database(folder)
+        return load_database(folder), RecordSet()
     except Exception:  # noqa: BLE001 - TVM raises its own error types from the FFI
         pass
-    good, dropped = RecordSet(), 0
+    good, dropped = RecordSet(), RecordSet()
     for index, record in records.records:
-        if record_loads(records.workloads[index], record):
-            good.add_record(records.workloads[index], record)
-        else:
-            dropped += 1
-    _log.warning("tuning cache: dropped %d record(s) whose schedule MetaSchedule cannot replay", dropped)
+        loads = record_loads(records.workloads[index], record)
+        (good if loads else dropped).add_record(records.workloads[index], record)
     write_database(folder, good)
-    return load_database(folder)
+    return load_database(folder), dropped
 
 
 def record_loads(workload_line: str, record_json: str) -> bool:

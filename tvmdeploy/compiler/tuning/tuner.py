@@ -98,6 +98,20 @@ class TuningReport:
         return "\n".join(lines)
 
 
+def _load_healing(cache: TargetCache, folder: Path, records, wait: bool):
+    """The MetaSchedule database of `records` in `folder`; records it cannot load are
+    dropped here and removed from the shared cache (see TargetCache.forget)."""
+    database, unloadable = load_database_healing(folder, records)
+    if unloadable.records:
+        removed = cache.forget(unloadable, wait)
+        where = "removed from the cache" if removed else "left in the cache for a later run to remove"
+        _log.warning(
+            "tuning cache: dropped %d record(s) whose schedule MetaSchedule cannot replay (%s; their kernels get tuned again)",
+            len(unloadable.records), where,
+        )
+    return database
+
+
 def apply_cached(fused: tvm.ir.IRModule, target: tvm.target.Target, cache: TargetCache, ran=None) -> tuple[tvm.ir.IRModule, int]:
     """Schedule every kernel the cache has a record for; returns (module, kernels scheduled).
     ran: a PassLog that records MetaSchedule's pass when it scheduled any kernel."""
@@ -106,7 +120,7 @@ def apply_cached(fused: tvm.ir.IRModule, target: tvm.target.Target, cache: Targe
         return fused, 0
     # TVM reads a private copy of the clean records, never the shared files themselves.
     with tempfile.TemporaryDirectory(prefix="tvmdeploy-db-") as clean:
-        database = load_database_healing(Path(clean), records)
+        database = _load_healing(cache, Path(clean), records, wait=False)
         with target, database:  # the pass reads the current target when it is made
             apply_database = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)
             scheduled = apply_database(fused)
@@ -142,7 +156,7 @@ def tune(
     order = sorted(range(len(extracted)), key=lambda i: -reports[i].flops * reports[i].weight)
     extracted, reports = [extracted[i] for i in order], [reports[i] for i in order]
     with cache.session() as session:
-        database = load_database_healing(session, read_database(session))
+        database = _load_healing(cache, session, read_database(session), wait=True)
         per_task = budget.per_task(len(extracted))
         ledger = cache.read_ledger()
         seeded = read_database(session)
