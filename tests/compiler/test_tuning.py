@@ -230,7 +230,7 @@ def test_each_kernels_default_is_measured_and_its_record_replays_it_exactly(mode
     tasks = _tvm.ms.relax_integration.extract_tasks(fused, target)
     reports = [TaskReport(t.task_name, int(t.weight), 0.0, "untuned") for t in tasks]
     with cache.session() as session:
-        database = load_database_healing(session, read_database(session))
+        database, _ = load_database_healing(session, read_database(session))
         committed = measure_defaults(list(zip(tasks, reports)), target, database, _Measurer(target), _Deadline(None))
         cache.merge(read_database(session))
     assert committed == len(tasks) >= 4, [r.name for r in reports if r.default_ms is None]
