@@ -91,6 +91,30 @@ def test_prepacked_artifact_matches_onnxruntime_and_lists_the_passes(tmp_path):
     np.testing.assert_allclose(load(result.artifact_dir)(x)[0], ort_run(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
 
 
+MASKED_ATTENTION = MODELS / "masked_attention.onnx"  # tests/fixtures/make_masked_attention.py
+
+
+def test_a_gather_by_constant_indices_is_not_repacked():
+    """GatherND by constant [batch, position] pairs (torch's dynamo exporter, GPT-2's and
+    Llama's padding masks): RewriteLayout repacked the pairs so that every batch read
+    batch 1's mask; such kernels keep their constants as they are."""
+    fused, _ = _lowered(MASKED_ATTENTION)
+    gathers = {n: f for n, f in _kernels(fused).items() if "gather_nd" in n}
+    assert gathers and all(not list(f.attrs["layout_free_buffers"]) for f in gathers.values())
+
+
+def test_padding_masks_of_a_dynamo_export_match_onnxruntime(tmp_path):
+    result = compile_model(MASKED_ATTENTION, "host", output_dir=tmp_path / "a", cache_dir=tmp_path / "c")
+    model = load(result.artifact_dir)
+    ids = np.random.default_rng(0).integers(0, 50, (2, 16)).astype(np.int64)
+    right, left, ones = (np.ones((2, 16), np.int64) for _ in range(3))
+    right[1, 11:] = 0
+    left[0, :5] = 0
+    for mask in (right, left, ones):
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        np.testing.assert_allclose(model(ids, mask)[0], ort_run(MASKED_ATTENTION, feeds)[0], rtol=1e-4, atol=1e-5)
+
+
 def _write_record(cache, func, target):
     """A record for `func` (its first design-space sample) in `cache`, as tuning would."""
     import tvm

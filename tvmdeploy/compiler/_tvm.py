@@ -239,6 +239,19 @@ def host_compiler() -> str:
     return cc.get_cc() or "cc"
 
 
+def indexes_by_loaded_values(prim_func) -> bool:
+    """Whether some load or store of the kernel is indexed by values loaded from a buffer
+    (a gather or scatter: `x[idx[i], j]`)."""
+    found = []
+
+    def check(access):
+        for index in access.indices:
+            tvm_ffi.structural_walk(index, (tvm.ir.TensorLoad, found.append))
+
+    tvm_ffi.structural_walk(prim_func, [(tvm.ir.TensorLoad, check), (tirx.stmt.BufferStore, check)])
+    return bool(found)
+
+
 def estimate_flops(prim_func) -> float:
     from tvm.s_tir.analysis import estimate_tir_flops
 

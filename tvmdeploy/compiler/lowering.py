@@ -163,7 +163,8 @@ def _has_layout_rewrite(func) -> bool:
 
 def _only_constants_layout_free(mod: tvm.ir.IRModule) -> tvm.ir.IRModule:
     """Drop layout-free marks from buffers that some call feeds with a non-constant
-    (AttachAttrLayoutFreeBuffers also marks `main`'s weight parameters)."""
+    (AttachAttrLayoutFreeBuffers also marks `main`'s weight parameters), and from
+    kernels that index by loaded values."""
     main = next((f for gv, f in mod.functions_items() if gv.name_hint == "main"), None)
     if not isinstance(main, relax.Function):
         return mod
@@ -186,6 +187,11 @@ def _only_constants_layout_free(mod: tvm.ir.IRModule) -> tvm.ir.IRModule:
         kept = [i for i in marked if i in constant_args.get(gv.name_hint, set())]
         if kept and FP32_PACKED in func.script(show_meta=False):
             kept = []  # packed at compile time already: the schedule reads them as they are
+        if kept and _tvm.indexes_by_loaded_values(func):
+            # A gather by constant indices: RewriteLayout repacks the index tensor wrongly
+            # (GatherND's [b, s] pairs, as torch's dynamo exporter writes GPT-2's attention
+            # mask, all read batch 1's row), and nothing in such a kernel reuses it.
+            kept = []
         if kept != marked:
             updates[gv] = func.with_attr("layout_free_buffers", kept)
     if not updates:
