@@ -81,6 +81,22 @@ def test_program_exported_in_training_mode(torch):
         import_model(program)
 
 
+def test_export_failure_names_torchs_own_reason(torch):
+    """torch's message leads with what failed and ends with hints and the user's stack;
+    the one line keeps the reason, not the last hint."""
+
+    class DataDependentBranch(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x - 1
+
+    with pytest.raises(ModelImportError) as info:
+        import_model(DataDependentBranch(), example_inputs=(torch.randn(2, 3),))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("DataDependentBranch: torch.export.export failed (")
+    assert "data-dependent expression" in message
+
+
 def test_module_without_example_inputs(torch):
     with pytest.raises(ModelImportError, match=r"Linear: compiling a torch.nn.Module needs example_inputs"):
         import_model(torch.nn.Linear(4, 2))

@@ -77,7 +77,7 @@ def import_torch(model, example_inputs=None, input_shapes: dict[str, tuple[int, 
             warnings.simplefilter("ignore")
             program = program.run_decompositions()
     except Exception as e:
-        raise ModelImportError(f"{where}: torch.export could not decompose the program to core ATen: {summarize_exception(e)}") from None
+        raise ModelImportError(f"{where}: torch.export could not decompose the program to core ATen: {_torch_message(e)}") from None
     passes.append("torch-core-aten-decompositions")
     _check_inference_only(program, where)
     _check_supported_ops(program, where)
@@ -156,7 +156,7 @@ def _export(torch, module, example_inputs, where: str):
             return torch.export.export(module, args)
     except Exception as e:
         raise ModelImportError(
-            f"{where}: torch.export.export failed ({summarize_exception(e, 300)}); make the model exportable "
+            f"{where}: torch.export.export failed ({_torch_message(e, 300)}); make the model exportable "
             f"(see torch.export's message) or export it yourself and pass the ExportedProgram"
         ) from None
 
@@ -305,3 +305,11 @@ def _output_specs(mod) -> list[TensorSpec]:
         dims = info.shape.values if info.shape is not None else []
         specs.append(TensorSpec(f"output_{i}", tuple(int(d.value) if hasattr(d, "value") else -1 for d in dims), str(info.dtype)))
     return specs
+
+
+def _torch_message(e: BaseException, limit: int = 500) -> str:
+    """torch's own error in one line: its first line says what failed (TVM's errors end
+    with it instead); the lines after are the graph node, the user's stack and hints
+    ("Use tlparse to see full graph")."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0]}"[:limit] if lines else summarize_exception(e, limit)
