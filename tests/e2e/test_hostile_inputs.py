@@ -233,3 +233,42 @@ def test_full_disk_at_the_manifest_write_is_one_line(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith("tvmdeploy: error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert "manifest.json.tmp: No space left on device (ENOSPC)" in proc.stderr
+
+
+@pytest.mark.parametrize("threads", ["-1", "65536"])
+def test_thread_counts_out_of_range_are_one_line(digits_artifact, threads):
+    # In a child process: 65536 threads used to abort the whole process (std::terminate).
+    done = subprocess.run(
+        [sys.executable, "-m", "tvmdeploy.cli", "run", str(digits_artifact), "--random-inputs", "--threads", threads],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == f"tvmdeploy: error: threads={threads}: give 0 (one per core) up to 1024\n"
+
+
+def test_negative_repeat_is_refused(digits_artifact, capsys):
+    assert "--repeat -3" in _cli_error(capsys, "run", digits_artifact, "--random-inputs", "--repeat", "-3")
+
+
+def test_an_npz_of_object_arrays_is_one_line(digits_artifact, tmp_path, capsys):
+    path = tmp_path / "objects.npz"
+    np.savez(path, image=np.array([{"a": 1}], dtype=object))
+    err = _cli_error(capsys, "run", digits_artifact, "--input", path)
+    assert "holds 'image', which is not a plain numeric array" in err
+
+
+def test_a_library_that_does_not_load_is_one_line(digits_artifact, tmp_path, capsys):
+    """Bytes that hash as the manifest says but are no library (the manifest rewritten to match)."""
+    import hashlib
+    import json
+    import shutil
+
+    folder = tmp_path / "art"
+    shutil.copytree(digits_artifact, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    library = folder / manifest["library"]
+    library.write_bytes(np.random.default_rng(0).bytes(20000))
+    manifest["files"][manifest["library"]] = hashlib.sha256(library.read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    err = _cli_error(capsys, "run", folder, "--random-inputs")
+    assert f"{manifest['library']} is not a library this machine can load" in err and "invalid ELF header" in err

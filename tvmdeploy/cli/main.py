@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, OSError) and os_error_line(e):
             print(f"tvmdeploy: error: {os_error_line(e)}", file=sys.stderr)
             return 1
+        if isinstance(e, MemoryError):
+            print(f"tvmdeploy: error: out of memory ({summarize_exception(e, 300)}); check the shapes "
+                  f"involved, or run on a machine with more memory", file=sys.stderr)
+            return 1
         # A bug, or a TVM failure nobody anticipated.
         print(
             f"tvmdeploy: unexpected error: {summarize_exception(e)} (rerun with --debug for the traceback)",
@@ -479,7 +483,14 @@ def _load_inputs(items: list[str], model) -> dict[str, "object"]:
         if name is None:
             if not hasattr(loaded, "files"):
                 raise UsageError(f"--input {item}: a .npy file needs a name: --input NAME={path}")
-            arrays.update({k: loaded[k] for k in loaded.files})
+            for key in loaded.files:
+                try:
+                    arrays[key] = loaded[key]
+                except Exception as e:  # an object (pickled) array, a damaged member
+                    raise UsageError(
+                        f"--input {item}: {path} holds '{key}', which is not a plain numeric array "
+                        f"({summarize_exception(e, 160)}); save it with numpy.savez from a numeric array"
+                    ) from None
         else:
             arrays[name] = loaded
     expected = {s.name for s in model.inputs}
@@ -497,6 +508,8 @@ def _cmd_run(args) -> int:
 
     from ..runtime.loader import load, read_manifest
 
+    if args.repeat < 0:
+        raise UsageError(f"--repeat {args.repeat}: give the number of timed runs, 0 for none")
     if args.save_outputs:
         check_output_file(args.save_outputs, "--save-outputs")  # before the model runs, not after
     remote = _remote(args)

@@ -26,7 +26,7 @@ from ..errors import ArtifactError, InputMismatchError
 from .artifact_files import ArtifactFolder
 from .artifact_manifest import read_checked_manifest, read_manifest, verify_files
 from .parallel_pool import attach as attach_parallel_pool
-from .thread_pool import configure_thread_pool, cpu_quota, physical_cores
+from .thread_pool import MAX_THREADS, configure_thread_pool, cpu_quota, physical_cores
 from .manifest import MANIFEST_NAME, Manifest, TensorSpec
 from .weights_file import read_weights
 from .inputs import random_inputs
@@ -104,7 +104,7 @@ class LoadedModel:
                 f"{folder}: needs a {device} device, but none is present (no GPU or no driver); "
                 f"run it on a machine with one"
             )
-        threads = manifest.threads if threads is None else threads
+        threads = manifest.threads if threads is None else _checked_threads(threads)
         configure_thread_pool(tvm, threads)
         self._pool = None
         with contextlib.ExitStack() as stack:
@@ -112,7 +112,7 @@ class LoadedModel:
             # The library is loaded from a private copy of the bytes that were hashed, the
             # weights are parsed from the bytes that were hashed: nothing is re-read by path.
             with files.private_copy(manifest.library, manifest.files[manifest.library]) as copy:
-                library = tvm.runtime.load_module(str(copy))
+                library = _load_library(tvm, copy, folder, manifest.library)
                 if device == "cpu":  # the library's own thread pool, where it has one
                     self._pool = attach_parallel_pool(copy, runtime_threads(threads))
             weights = _read_weights(files, manifest)
@@ -256,6 +256,27 @@ def load(
                 files.verify(name, expected)
         check_machine(files.path, manifest, device)
         return LoadedModel(files.path, manifest, device, threads, files)
+
+
+def _checked_threads(threads) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
+        raise InputMismatchError(f"threads={threads!r}: give 0 (one per core) up to {MAX_THREADS}")
+    return threads
+
+
+def _load_library(tvm, copy: Path, folder: Path, name: str):
+    try:
+        return tvm.runtime.load_module(str(copy))
+    except Exception as e:  # noqa: BLE001 - TVM's loader error ("invalid ELF header", a missing symbol)
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        if "Failed to load dynamic shared library " in last:  # "... library PATH PATH: dlerror's reason"
+            reason = last.split("Failed to load dynamic shared library ")[-1].split(" ", 1)[-1]
+        else:
+            reason = _first_words(e)
+        reason = reason.replace(str(copy), name)[:200]  # the private copy's path means nothing to the user
+        raise ArtifactError(
+            f"{folder}: {name} is not a library this machine can load ({reason}); recompile the artifact"
+        ) from None
 
 
 def _read_weights(files: ArtifactFolder, manifest: Manifest) -> list[np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from .thread_pool import MAX_THREADS
 
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_DEPTH = 16  # JSON nesting anywhere (target, extra)
@@ -201,7 +202,7 @@ _FIELDS = {
     "device": _one_of(DEVICES),
     "arch": lambda v: _text(v, 64),
     "cpu_flags": _strings,
-    "threads": lambda v: _int(v, 0, 1 << 16),
+    "threads": lambda v: _int(v, 0, MAX_THREADS),
     "library": plain_name_problem,
     "weights": _weights,
     "passes": _strings,

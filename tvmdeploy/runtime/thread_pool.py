@@ -29,6 +29,11 @@ from pathlib import Path
 WORKER_SPIN_COUNT = 0
 
 
+# Runtime threads an artifact may ask for (manifest or caller): 65536 made thread
+# creation fail inside TVM's pool, which aborts the process (std::terminate).
+MAX_THREADS = 1024
+
+
 def configure_thread_pool(tvm, nthreads: int) -> None:
     """nthreads: the model's threads, 0 for one per physical core.
 
