@@ -272,3 +272,17 @@ def test_a_library_that_does_not_load_is_one_line(digits_artifact, tmp_path, cap
     (folder / "manifest.json").write_text(json.dumps(manifest))
     err = _cli_error(capsys, "run", folder, "--random-inputs")
     assert f"{manifest['library']} is not a library this machine can load" in err and "invalid ELF header" in err
+
+
+def test_a_manifest_edited_to_other_output_shapes_is_one_line(digits_artifact, tmp_path, capsys):
+    import json
+    import shutil
+
+    folder = tmp_path / "art"
+    shutil.copytree(digits_artifact, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    true_shape = manifest["outputs"][0]["shape"]
+    manifest["outputs"][0]["shape"] = [1, 3]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    err = _cli_error(capsys, "run", folder, "--random-inputs")
+    assert f"returned {manifest['outputs'][0]['name']} with shape {true_shape}, but manifest.json says [1, 3]" in err

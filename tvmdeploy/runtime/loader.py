@@ -138,7 +138,25 @@ class LoadedModel:
         """Run once. Inputs positionally in manifest order, or by input name."""
         arrays = self._bind_inputs(args, kwargs)
         with self._lock:  # outputs live in the VM's storage until the next call: copied inside
-            return to_numpy(self._run(*self._host_inputs.tensors(arrays), *self._weights))
+            outputs = to_numpy(self._run(*self._host_inputs.tensors(arrays), *self._weights))
+        self._check_outputs(outputs)
+        return outputs
+
+    def _check_outputs(self, outputs: list[np.ndarray]) -> None:
+        """The outputs are what the manifest says (-1: a dimension known only at run time);
+        an edited manifest otherwise describes outputs the library does not return."""
+        for spec, array in zip(self.outputs, outputs):
+            if len(spec.shape) != array.ndim or any(d != -1 and d != a for d, a in zip(spec.shape, array.shape)):
+                raise ArtifactError(
+                    f"{self.path}: the library returned {spec.name} with shape {list(array.shape)}, but "
+                    f"{MANIFEST_NAME} says {list(spec.shape)}; the manifest does not describe this "
+                    f"library, recompile the artifact"
+                )
+        if len(outputs) != len(self.outputs):
+            raise ArtifactError(
+                f"{self.path}: the library returned {len(outputs)} output(s), but {MANIFEST_NAME} lists "
+                f"{len(self.outputs)}; the manifest does not describe this library, recompile the artifact"
+            )
 
     def _inference(self):
         return self._pool.inference() if self._pool is not None else contextlib.nullcontext()
