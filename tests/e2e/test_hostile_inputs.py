@@ -286,3 +286,18 @@ def test_a_manifest_edited_to_other_output_shapes_is_one_line(digits_artifact, t
     (folder / "manifest.json").write_text(json.dumps(manifest))
     err = _cli_error(capsys, "run", folder, "--random-inputs")
     assert f"returned {manifest['outputs'][0]['name']} with shape {true_shape}, but manifest.json says [1, 3]" in err
+
+
+def test_a_graph_without_nodes_says_so(tmp_path, capsys):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([], "passthrough", [x], [x])
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "empty_graph.onnx")
+    err = _cli_error(capsys, "compile", path, "-o", tmp_path / "out")
+    assert "graph 'passthrough' has no nodes, so there is nothing to compile" in err
+
+
+@pytest.mark.parametrize("content", [b"\x00\xff not a protobuf at all", b"ir_version: 8\n"])
+def test_bytes_that_are_no_model_still_say_so(tmp_path, capsys, content):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    assert "not an ONNX model (could not parse a graph from it)" in _cli_error(capsys, "compile", path, "-o", tmp_path / "out")

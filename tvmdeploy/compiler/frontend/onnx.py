@@ -101,10 +101,15 @@ def _read_model(path: Path) -> tuple[onnx.ModelProto, str]:
         model = onnx.load_from_string(data)
     except Exception:
         model = None
-    if model is None or len(model.graph.node) == 0 or not model.opset_import:
+    if model is None or not model.opset_import:
         raise ModelImportError(
             f"{path}: not an ONNX model (could not parse a graph from it); "
             f"export one with torch.onnx.export, tf2onnx or keras2onnx"
+        )
+    if len(model.graph.node) == 0:
+        raise ModelImportError(
+            f"{path}: its graph '{model.graph.name}' has no nodes, so there is nothing to compile; "
+            f"export the model with its layers (an ONNX file that only passes its inputs through needs no compiler)"
         )
     _check_opset(model, path)
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
