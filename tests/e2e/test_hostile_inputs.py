@@ -301,3 +301,16 @@ def test_bytes_that_are_no_model_still_say_so(tmp_path, capsys, content):
     path = tmp_path / "bad.onnx"
     path.write_bytes(content)
     assert "not an ONNX model (could not parse a graph from it)" in _cli_error(capsys, "compile", path, "-o", tmp_path / "out")
+
+
+def test_input_shapes_that_disagree_name_the_shapes(tmp_path, capsys):
+    """Two inputs sharing a symbolic length, given different lengths with --input-shape."""
+    ids = helper.make_tensor_value_info("ids", TensorProto.FLOAT, [1, "seq"])
+    mask = helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, "seq"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "seq"])
+    graph = helper.make_graph([helper.make_node("Add", ["ids", "mask"], ["y"])], "shared_seq", [ids, mask], [y])
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "shared.onnx")
+    err = _cli_error(
+        capsys, "compile", path, "--input-shape", "ids=1,32", "--input-shape", "mask=1,16", "-o", tmp_path / "out"
+    )
+    assert "imported with ids [1, 32], mask [1, 16]: dimensions the inputs share" in err

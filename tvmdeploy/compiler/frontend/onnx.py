@@ -53,7 +53,7 @@ def import_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]
             model = folded
             import_passes.append("onnxruntime-basic-fold")
     _check_dtypes(path, inputs, "input")  # before the (slow) conversion
-    mod = _to_relax(model, path, inputs)
+    mod = _to_relax(model, path, inputs, chosen=set(input_shapes or {}))
     outputs = _output_specs(model, mod)
     _check_dtypes(path, outputs, "output")
     return ImportedModel(
@@ -295,7 +295,8 @@ def _static_inputs(model: onnx.ModelProto, path: Path, overrides: dict[str, tupl
     return specs
 
 
-def _to_relax(model: onnx.ModelProto, path: Path, inputs: list[TensorSpec]):
+def _to_relax(model: onnx.ModelProto, path: Path, inputs: list[TensorSpec], chosen: set[str] = frozenset()):
+    """chosen: the inputs whose shapes the user gave (--input-shape), named when the import fails."""
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -309,7 +310,7 @@ def _to_relax(model: onnx.ModelProto, path: Path, inputs: list[TensorSpec]):
                 dtype_dict={s.name: s.dtype for s in inputs},
             )
     except Exception as e:
-        raise ModelImportError(f"{path}: TVM's ONNX importer failed: {summarize_exception(e)}") from e
+        raise ModelImportError(f"{path}: TVM's ONNX importer failed: {summarize_exception(e)}{_chosen_shapes(inputs, chosen)}") from e
     params = mod["main"].params
     if len(params) != len(inputs):
         raise ModelImportError(
@@ -338,3 +339,12 @@ def _output_specs(model: onnx.ModelProto, mod) -> list[TensorSpec]:
             shape = (-1,) * max(int(getattr(info, "ndim", 0)), 0)
         specs.append(TensorSpec(name, shape, str(info.dtype)))
     return specs
+
+
+def _chosen_shapes(inputs: list[TensorSpec], chosen: set[str]) -> str:
+    """The shapes given with --input-shape, since dimensions inputs share must agree."""
+    given = [s for s in inputs if s.name in chosen]
+    if not given:
+        return ""
+    shapes = ", ".join(f"{s.name} [{', '.join(map(str, s.shape))}]" for s in given)
+    return f"; imported with {shapes}: dimensions the inputs share (batch, sequence length) must agree in --input-shape"
